@@ -1,0 +1,1 @@
+"""The ``fitconnect`` command line (typer + rich)."""

@@ -1,0 +1,1 @@
+"""fitconnect-kit server/domain package."""
