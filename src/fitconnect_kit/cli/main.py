@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import click
 import typer
+from typer._click import exceptions as _typer_click  # typer >= 0.20 vendors its own click
 
 from fitconnect_kit import __version__
 from fitconnect_kit.cli._common import (
@@ -90,13 +91,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         result = app(args=args, prog_name="fitconnect", standalone_mode=False)
-    except click.exceptions.UsageError as exc:
+    except (click.exceptions.UsageError, _typer_click.UsageError) as exc:
         exc.show()
         sys.exit(EXIT_USAGE)
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, typer.Abort):
         stderr.print("aborted")
         sys.exit(130)
-    except click.ClickException as exc:
+    except (click.ClickException, _typer_click.ClickException) as exc:
         exc.show()
         sys.exit(exc.exit_code)
     except (CliError, FitConnectError, OSError) as exc:

@@ -140,6 +140,8 @@ def is_private(jwk: Mapping[str, Any]) -> bool:
 def thumbprint(jwk: Mapping[str, Any]) -> str:
     """RFC 7638 SHA-256 thumbprint (base64url) of an RSA JWK."""
     _require_rsa(jwk)
+    _b64_to_int(jwk, "e")  # InvalidKeyError when missing or not base64url (not KeyError)
+    _b64_to_int(jwk, "n")
     canonical = '{"e":"%s","kty":"RSA","n":"%s"}' % (jwk["e"], jwk["n"])  # noqa: UP031
     return b64url_encode(hashlib.sha256(canonical.encode("ascii")).digest())
 
