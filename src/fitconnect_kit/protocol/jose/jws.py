@@ -76,7 +76,7 @@ def _rsa_public(key: rsa.RSAPublicKey | Mapping[str, Any]) -> rsa.RSAPublicKey:
         if alg is not None and alg != ALG_PS512:
             raise InvalidKeyError(f"key {key.get('kid')!r} is for alg {alg!r}, not PS512")
         ops = key.get("key_ops")
-        if ops is not None and "verify" not in ops:
+        if ops is not None and (not isinstance(ops, list) or "verify" not in ops):
             raise InvalidKeyError(f"key {key.get('kid')!r} does not allow key_ops 'verify'")
         return public_key_from_jwk(key)
     raise InvalidKeyError("a JWS verification key must be an RSA public key or a JWK")
