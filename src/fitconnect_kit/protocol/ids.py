@@ -12,8 +12,10 @@ from fitconnect_kit.protocol.errors import FormatError
 
 # --- UUIDs ---------------------------------------------------------------------------------------
 
+# Patterns end in \Z (not $, which also matches before a final newline) and use re.ASCII (\d is
+# [0-9], not every Unicode digit).
 _UUID_RE = re.compile(
-    r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$"
+    r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}\Z"
 )
 
 
@@ -46,9 +48,9 @@ def is_uuid(value: object) -> bool:
 # --- Leistungsschlüssel (service keys) ------------------------------------------------------------
 
 LEIKA_URN_PREFIX = "urn:de:fim:leika:leistung:"
-_LEIKA_KEY_RE = re.compile(r"^99\d{12}$")
+_LEIKA_KEY_RE = re.compile(r"^99\d{12}\Z", re.ASCII)
 # Generic URN rule of the metadata schema (publicServiceType.identifier), 7–255 characters.
-SERVICE_URN_RE = re.compile(r"^urn:[a-z0-9][a-z0-9-]{0,31}:[a-z0-9()+,.:=@;$_!*'%/?#-]+$")
+SERVICE_URN_RE = re.compile(r"^urn:[a-z0-9][a-z0-9-]{0,31}:[a-z0-9()+,.:=@;$_!*'%/?#-]+\Z")
 
 
 def parse_leistungsschluessel(value: object) -> str:
@@ -102,8 +104,8 @@ def is_leika_urn(value: str) -> bool:
 
 # --- Regional keys -------------------------------------------------------------------------------
 
-_ARS_RE = re.compile(r"^(\d{2}|\d{3}|\d{5}|\d{9}|\d{12})$")
-_AGS_RE = re.compile(r"^(\d{2}|\d{3}|\d{5}|\d{8})$")
+_ARS_RE = re.compile(r"^(\d{2}|\d{3}|\d{5}|\d{9}|\d{12})\Z", re.ASCII)
+_AGS_RE = re.compile(r"^(\d{2}|\d{3}|\d{5}|\d{8})\Z", re.ASCII)
 ARS_URN_PREFIX = "urn:de:bund:destatis:bevoelkerungsstatistik:schluessel:rs:"
 
 
@@ -129,7 +131,7 @@ def parse_ags(value: object) -> str:
 
 SEND_REGION_SCOPE_PREFIX = "send:region:"
 # A region is "DE" followed by a (possibly partial) ARS: 0–12 digits.
-_REGION_RE = re.compile(r"^DE\d{0,12}$")
+_REGION_RE = re.compile(r"^DE\d{0,12}\Z", re.ASCII)
 
 
 def parse_region(value: object) -> str:
