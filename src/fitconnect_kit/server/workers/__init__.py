@@ -1,1 +1,122 @@
-"""fitconnect-kit server/workers package."""
+"""Background workers of the Zustelldienst and their registry.
+
+A :class:`Worker` is a named coroutine function doing *one pass* of some job (deliver due
+callbacks, apply deadlines, clean up). The registry runs each registered worker in its own task:
+one pass, then sleep for its interval or until :meth:`WorkerRegistry.wake` is called, forever;
+exceptions of a pass are logged and never stop the loop. On shutdown the tasks are cancelled and
+awaited. Tests disable the loops (``workers.enabled = false`` or ``create_app(workers=[])``) and
+trigger passes themselves with :meth:`WorkerRegistry.run_once`.
+
+Workers must be safe when several nodes run them at once (row locks, ``dedup_key``s, conditional
+updates): every node runs every worker.
+
+To add a worker, append it in :func:`default_workers`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fitconnect_kit.server.config import ServerConfig
+    from fitconnect_kit.server.state import ZdState
+
+logger = logging.getLogger("fitconnect_kit.server.workers")
+
+WorkerPass = Callable[["ZdState"], Awaitable[object]]
+
+
+@dataclass(frozen=True)
+class Worker:
+    """A periodic background job. ``interval`` is seconds, or read from the configuration."""
+
+    name: str
+    run_once: WorkerPass
+    interval: float | Callable[[ServerConfig], float]
+
+    def interval_for(self, config: ServerConfig) -> float:
+        return self.interval(config) if callable(self.interval) else self.interval
+
+
+def default_workers() -> list[Worker]:
+    """The workers every Zustelldienst node runs (colleagues register theirs here)."""
+    return []
+
+
+class WorkerRegistry:
+    """The workers of one app; started and stopped by the app's lifespan."""
+
+    def __init__(self, workers: Iterable[Worker] = ()) -> None:
+        self._workers: dict[str, Worker] = {}
+        self._wake_events: dict[str, asyncio.Event] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        for worker in workers:
+            self.register(worker)
+
+    def register(self, worker: Worker) -> None:
+        if self._tasks:
+            raise RuntimeError("workers must be registered before the app starts")
+        if worker.name in self._workers:
+            raise ValueError(f"a worker named {worker.name!r} is already registered")
+        self._workers[worker.name] = worker
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._workers)
+
+    @property
+    def running(self) -> bool:
+        return bool(self._tasks)
+
+    def get(self, name: str) -> Worker:
+        try:
+            return self._workers[name]
+        except KeyError:
+            raise KeyError(f"no worker named {name!r}; registered: {self.names}") from None
+
+    async def run_once(self, name: str, state: ZdState) -> object:
+        """Run one pass of ``name`` now (on the caller's loop); returns what the pass returns."""
+        return await self.get(name).run_once(state)
+
+    def wake(self, name: str) -> None:
+        """Ask a running worker to start its next pass now (no-op when loops are off)."""
+        event = self._wake_events.get(name)
+        if event is not None:
+            event.set()
+
+    def start(self, state: ZdState) -> None:
+        for worker in self._workers.values():
+            event = asyncio.Event()
+            self._wake_events[worker.name] = event
+            task = asyncio.create_task(
+                self._loop(worker, state, event), name=f"zd-worker-{worker.name}"
+            )
+            self._tasks.append(task)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        self._wake_events.clear()
+
+    @staticmethod
+    async def _loop(worker: Worker, state: ZdState, wake: asyncio.Event) -> None:
+        interval = worker.interval_for(state.config)
+        while True:
+            try:
+                await worker.run_once(state)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("worker %s failed; retrying after its interval", worker.name)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), timeout=interval)
+            wake.clear()

@@ -1,0 +1,1 @@
+"""Alembic migrations of the Zustelldienst database (run by ``storage.migrate``)."""
