@@ -1,0 +1,242 @@
+"""`fitconnect send|status|destination show|profile show` against the in-memory Zustelldienst."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.unit.test_client_fakes import (
+    API,
+    BASE,
+    CLIENT_ID,
+    CLIENT_SECRET,
+    JSON_SCHEMA,
+    SERVICE,
+    SERVICE_NAME,
+    FakeZustelldienst,
+)
+
+from fitconnect_kit.cli import profile as cli_profile
+from fitconnect_kit.cli.main import main
+from fitconnect_kit.cli.send import parse_attachment
+
+
+@pytest.fixture
+def zd(monkeypatch: pytest.MonkeyPatch) -> FakeZustelldienst:
+    fake = FakeZustelldienst()
+    monkeypatch.setattr(cli_profile, "_transport_factory", fake.transport)
+    for name in (
+        "FITCONNECT_ENV",
+        "FITCONNECT_PROFILE",
+        "FITCONNECT_CLIENT_ID",
+        "FITCONNECT_CLIENT_SECRET",
+        "FITCONNECT_TRUST_ANCHORS",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    return fake
+
+
+@pytest.fixture
+def profile(tmp_path: Path, zd: FakeZustelldienst) -> Path:
+    path = tmp_path / "unit-profile.json"
+    path.write_text(
+        json.dumps(
+            {
+                "name": "unit",
+                "environment": "unit",
+                "tokenUrl": BASE + "/token",
+                "submissionApiUrl": API,
+                "trust": "test",
+                "sender": {"clientId": CLIENT_ID, "clientSecret": CLIENT_SECRET},
+                "destinationId": zd.destination_id,
+                "serviceIdentifier": SERVICE,
+                "serviceName": SERVICE_NAME,
+                "dataSchemaUri": JSON_SCHEMA,
+            }
+        )
+    )
+    return path
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as info:
+        main(list(args))
+    out, err = capsys.readouterr()
+    code = info.value.code
+    assert isinstance(code, int)
+    return code, out, err
+
+
+def test_parse_attachment() -> None:
+    assert parse_attachment("a.pdf:form") == (Path("a.pdf"), "form")
+    assert parse_attachment("a.pdf") == (Path("a.pdf"), "attachment")
+    assert parse_attachment("dir:x/a.pdf") == (Path("dir:x/a.pdf"), "attachment")
+
+
+def test_send_with_profile_defaults_and_wait(
+    zd: FakeZustelldienst, profile: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "antrag.json"
+    data.write_text('{"antrag": 1}')
+    pdf = tmp_path / "antrag.pdf"
+    pdf.write_bytes(b"%PDF-1.7")
+    zd.auto_decide = "accept"
+    code, out, err = run(
+        capsys,
+        "send",
+        "--profile",
+        str(profile),
+        "--data",
+        str(data),
+        "--attachment",
+        f"{pdf}:form",
+        "--reply-email",
+        "erika@example.org",
+        "--wait",
+        "--json",
+    )
+    assert code == 0, err
+    result = json.loads(out)
+    stored = zd.only_submission()
+    assert result["submissionId"] == stored.submission_id
+    assert result["caseId"] == stored.case_id
+    assert result["status"]["status"] == "accepted"
+    assert zd.decrypt(stored.encrypted_data or "") == b'{"antrag": 1}'
+    metadata = json.loads(zd.decrypt(stored.encrypted_metadata or ""))
+    assert metadata["contentStructure"]["attachments"][0]["purpose"] == "form"
+    assert CLIENT_SECRET not in out + err
+
+
+def test_send_text_output_and_rejection_exit_code(
+    zd: FakeZustelldienst, profile: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "antrag.json"
+    data.write_text("{}")
+    zd.auto_decide = "reject"
+    code, out, _ = run(capsys, "send", "-p", str(profile), "--data", str(data), "--wait")
+    assert code == 3
+    sub = zd.only_submission()
+    assert f"submissionId: {sub.submission_id}" in out
+    assert f"caseId: {sub.case_id}" in out
+    assert "rejected" in out
+    assert "Feld 'name' fehlt" in out
+
+
+def test_send_usage_and_check_errors(
+    zd: FakeZustelldienst, profile: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "antrag.json"
+    data.write_text("{}")
+    code, _, err = run(capsys, "send", "-p", str(profile), "--data", str(tmp_path / "nope.json"))
+    assert code == 4
+    assert "data file not found" in err
+    code, _, err = run(
+        capsys, "send", "-p", str(profile), "--data", str(data), "-s", "99123456760610"
+    )
+    assert code == 3
+    assert err.startswith("error: destination")
+    assert "does not offer service" in err
+    assert len(err.strip().splitlines()) == 1
+    code, _, err = run(
+        capsys,
+        "send",
+        "-p",
+        str(profile),
+        "--data",
+        str(data),
+        "--destination",
+        "6f3c1f2e-3b7a-4c39-9b1e-0a1b2c3d4e5f",
+    )
+    assert code == 4
+    assert "not found" in err
+    assert zd.count("POST", "/v1/submissions") == 0
+
+
+def test_status_table_and_json(
+    zd: FakeZustelldienst, profile: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "antrag.json"
+    data.write_text("{}")
+    assert run(capsys, "send", "-p", str(profile), "--data", str(data))[0] == 0
+    sub = zd.only_submission()
+    zd.accept(sub.submission_id)
+    code, out, err = run(capsys, "status", "-p", str(profile), "--case", sub.case_id)
+    assert code == 0, err
+    for text in ("create-submission", "submit-submission", "accept-submission", "accepted"):
+        assert text in out
+    assert "Zustelldienst" in out
+    code, out, _ = run(capsys, "status", "-p", str(profile), "--case", sub.case_id, "--json")
+    report: dict[str, Any] = json.loads(out)
+    assert report["status"] == "accepted"
+    assert [e["event"] for e in report["events"]][-1] == "accept-submission"
+    # A tampered event log is a check failure (exit 3), never a status.
+    log = zd.case_events[sub.case_id]
+    log[-1] = log[-1][:-6] + "AAAAAA"
+    code, _, err = run(capsys, "status", "-p", str(profile), "--case", sub.case_id)
+    assert code == 3
+    assert "cannot be trusted" in err
+
+
+def test_destination_show(
+    zd: FakeZustelldienst, profile: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(capsys, "destination", "show", zd.destination_id, "-p", str(profile))
+    assert code == 0, err
+    for text in ("active", SERVICE, JSON_SCHEMA, "DE09", "eMail", "1.2.0", "valid"):
+        assert text in out
+    assert "all checks passed" in out
+    zd.destination["status"] = "inactive"
+    code, out, _ = run(
+        capsys, "destination", "show", zd.destination_id, "-p", str(profile), "--json"
+    )
+    assert code == 3
+    report = json.loads(out)
+    assert report["ok"] is False
+    assert report["destination"]["status"] == "inactive"
+    code, _, err = run(
+        capsys, "destination", "show", "6f3c1f2e-3b7a-4c39-9b1e-0a1b2c3d4e5f", "-p", str(profile)
+    )
+    assert code == 4
+
+
+def test_profile_show_masks_secrets(profile: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "profile", "show", "--profile", str(profile))
+    assert code == 0, err
+    assert CLIENT_ID in out
+    assert CLIENT_SECRET not in out
+    assert "********" in out
+    code, out, _ = run(capsys, "profile", "show", "--profile", str(profile), "--json")
+    data = json.loads(out)
+    assert data["profile"]["sender"]["clientSecret"] == "********"
+    code, out, _ = run(
+        capsys, "profile", "show", "--profile", str(profile), "--json", "--show-secrets"
+    )
+    assert json.loads(out)["profile"]["sender"]["clientSecret"] == CLIENT_SECRET
+
+
+def test_profile_show_without_profile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv("FITCONNECT_PROFILE", raising=False)
+    monkeypatch.delenv("FITCONNECT_ENV", raising=False)
+    code, _, err = run(capsys, "profile", "show")
+    assert code == 4
+    assert "fitconnect dev" in err
+    code, _, err = run(capsys, "profile", "show", "--profile", str(tmp_path / "x.json"))
+    assert code == 4
+
+
+def test_missing_credentials_is_a_usage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    for name in ("FITCONNECT_PROFILE", "FITCONNECT_CLIENT_ID", "FITCONNECT_CLIENT_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+    code, _, err = run(capsys, "status", "--env", "test", "--case", "x")
+    assert code == 2
+    assert "Self-Service-Portal" in err
