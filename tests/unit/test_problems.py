@@ -80,7 +80,7 @@ def test_api_lookups() -> None:
 
 def test_reject_catalog() -> None:
     problems = RejectProblems.all()
-    assert len(problems) == 12
+    assert len(problems) == 13
     assert len({p.name for p in problems}) == len(problems)
     for p in problems:
         assert p.type_uri == REJECT_PROBLEM_BASE + p.name

@@ -258,6 +258,14 @@ class RejectProblems(_Catalog):
     HASH_MISMATCH = RejectProblemType(
         "hash-mismatch", "Prüfsumme abweichend", frozenset({_D, _A}), "U"
     )
+    # Issued by the Zustelldienst itself: not fetched/decided within 14 days of submit
+    # (reference §3.6). Name and title are ours (server/compat.py).
+    SUBMISSION_EXPIRED = RejectProblemType(
+        "submission-expired",
+        "Einreichung nicht rechtzeitig abgeholt",
+        frozenset({_S}),
+        "U",
+    )
     TECHNICAL_ERROR = RejectProblemType(
         "technical-error",
         "Technischer Fehler",

@@ -19,6 +19,7 @@ from fastapi import FastAPI
 from fitconnect_kit import __version__
 from fitconnect_kit.protocol.clock import SYSTEM_CLOCK, Clock
 from fitconnect_kit.protocol.keys import TrustPolicy
+from fitconnect_kit.protocol.problems import ApiProblems
 from fitconnect_kit.server.api import routers
 from fitconnect_kit.server.compat import SUBMISSION_API_VERSION
 from fitconnect_kit.server.config import ConfigError, ServerConfig, load_config_from_env
@@ -58,7 +59,11 @@ def default_body_limits(config: ServerConfig) -> list[BodyLimitRule]:
     attachment = re.compile(
         f"/v1/(submissions|replies)/{_UUID_SEGMENT}/attachments/{_UUID_SEGMENT}"
     )
-    return [BodyLimitRule("PUT", attachment, config.limits.max_attachment_size)]
+    return [
+        BodyLimitRule(
+            "PUT", attachment, config.limits.max_attachment_size, ApiProblems.ATTACHMENT_TOO_LARGE
+        )
+    ]
 
 
 def make_blob_store(config: ServerConfig, database: Database) -> BlobStore:

@@ -26,6 +26,11 @@ from fitconnect_kit.protocol.api import (
     LIMIT_MAX_TOTAL_ATTACHMENT_BYTES,
 )
 from fitconnect_kit.protocol.errors import FitConnectError
+from fitconnect_kit.server.compat import (
+    CALLBACK_BACKOFF_FACTOR,
+    CALLBACK_GIVE_UP_AFTER,
+    CALLBACK_MAX_CONCURRENCY,
+)
 
 ENV_PREFIX = "FITCONNECT_SERVER_"
 CONFIG_PATH_ENV = "FITCONNECT_CONFIG"
@@ -90,14 +95,32 @@ class DeadlinesConfig(_Section):
 
 
 class CallbackConfig(_Section):
-    """Delivery of callbacks (webhooks) from the outbox. [U] retry schedule."""
+    """Delivery of callbacks (webhooks) from the outbox. [U] retry schedule (``compat.py``).
 
+    Retry n waits ``initial_backoff · backoff_factor^(n-1)`` seconds (at most ``max_backoff``,
+    minus up to 20 % jitter); a delivery is ``failed`` after ``max_attempts`` attempts or once
+    ``give_up_after`` has passed since it was enqueued, whichever comes first.
+    """
+
+    #: Seconds for one whole request (connect, send, response headers).
     request_timeout: float = Field(default=10.0, gt=0)
-    max_attempts: int = Field(default=20, ge=1)
+    max_attempts: int = Field(default=100, ge=1)
     initial_backoff: float = Field(default=5.0, gt=0)
+    backoff_factor: float = Field(default=CALLBACK_BACKOFF_FACTOR, ge=1)
     max_backoff: float = Field(default=3600.0, gt=0)
+    give_up_after: timedelta = CALLBACK_GIVE_UP_AFTER
+    #: Requests one node sends at the same time.
+    max_concurrency: int = Field(default=CALLBACK_MAX_CONCURRENCY, ge=1, le=1000)
     #: How long a worker may hold a delivery before another node may take it over.
     lock_seconds: float = Field(default=60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _lease_covers_request(self) -> CallbackConfig:
+        if self.lock_seconds <= self.request_timeout:
+            raise ValueError("lock_seconds must be longer than request_timeout")
+        if self.give_up_after <= timedelta(0):
+            raise ValueError("give_up_after must be positive")
+        return self
 
 
 class WorkersConfig(_Section):

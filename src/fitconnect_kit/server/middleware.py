@@ -176,11 +176,11 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = _zd(scope).body_limit_for(scope["method"], scope["path"])
+        limit, problem = _zd(scope).body_limit_rule_for(scope["method"], scope["path"])
         declared = Headers(scope=scope).get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             response = problem_response(
-                ApiProblems.PAYLOAD_TOO_LARGE,
+                problem,
                 f"request body of {declared} bytes exceeds the limit of {limit} bytes",
                 instance=scope["path"],
                 # The unread body makes the connection unusable for another request.

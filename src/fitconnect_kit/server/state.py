@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from fitconnect_kit.protocol.clock import Clock
 from fitconnect_kit.protocol.keys import TrustPolicy
+from fitconnect_kit.protocol.problems import ApiProblems, ProblemType
 from fitconnect_kit.server.config import ServerConfig
 from fitconnect_kit.server.server_keys import PresetServerKeys, ServerKeys
 from fitconnect_kit.server.storage.blobs import BlobStore
@@ -33,6 +34,8 @@ class BodyLimitRule:
     method: str
     path_pattern: re.Pattern[str]
     limit: int
+    #: The 413 problem for bodies over this limit (e.g. ``attachment-too-large``).
+    problem: ProblemType = ApiProblems.PAYLOAD_TOO_LARGE
 
     def matches(self, method: str, path: str) -> bool:
         return method == self.method and self.path_pattern.fullmatch(path) is not None
@@ -81,10 +84,14 @@ class ZdState:
         return self._keys
 
     def body_limit_for(self, method: str, path: str) -> int:
+        return self.body_limit_rule_for(method, path)[0]
+
+    def body_limit_rule_for(self, method: str, path: str) -> tuple[int, ProblemType]:
+        """The body limit of a request and the 413 problem type for bodies over it."""
         for rule in self.body_limits:
             if rule.matches(method, path):
-                return rule.limit
-        return self.config.limits.max_json_body_size
+                return rule.limit, rule.problem
+        return self.config.limits.max_json_body_size, ApiProblems.PAYLOAD_TOO_LARGE
 
 
 def get_zd(request: Request) -> ZdState:

@@ -10,7 +10,13 @@ import importlib
 from fastapi import APIRouter
 
 #: Router modules in the order their paths appear in the OpenAPI document.
-ROUTER_MODULES: tuple[str, ...] = ("token", "info")
+ROUTER_MODULES: tuple[str, ...] = (
+    "destinations",
+    "submissions",
+    "events",
+    "token",
+    "info",
+)
 
 
 def routers() -> list[APIRouter]:

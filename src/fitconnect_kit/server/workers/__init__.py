@@ -45,7 +45,15 @@ class Worker:
 
 def default_workers() -> list[Worker]:
     """The workers every Zustelldienst node runs (colleagues register theirs here)."""
-    return []
+    # Imported here: the worker modules import the domain, which imports the state module,
+    # which imports this one.
+    from fitconnect_kit.server.workers.callbacks import run_callbacks_pass
+    from fitconnect_kit.server.workers.deadlines import run_deadlines_pass
+
+    return [
+        Worker("callbacks", run_callbacks_pass, lambda config: config.workers.callback_interval),
+        Worker("deadlines", run_deadlines_pass, lambda config: config.workers.deadline_interval),
+    ]
 
 
 class WorkerRegistry:

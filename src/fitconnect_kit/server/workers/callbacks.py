@@ -1,0 +1,445 @@
+"""The ``callbacks`` worker: delivers the callback outbox (``callback_deliveries``).
+
+One pass (:func:`run_callbacks_pass`):
+
+1. **claim** due rows (``pending``, ``next_attempt_at <= now``, no live lease) by setting a lease
+   (``locked_until = now + callbacks.lock_seconds``, ``locked_by = node_id``) in one short
+   transaction — on PostgreSQL the candidates are selected ``FOR UPDATE SKIP LOCKED``; the
+   conditional ``UPDATE … WHERE locked_until IS NULL OR locked_until < now`` (under the write
+   lock that SQLite's ``BEGIN IMMEDIATE`` takes) sets the lease. Several nodes never claim the
+   same row; a crashed node's lease expires;
+2. **send** them concurrently (at most ``callbacks.max_concurrency`` at once): ``POST`` of the
+   stored body bytes with ``Content-Type: application/json``, ``callback-timestamp`` and
+   ``callback-authentication`` computed now with ``zd.clock``; the whole request is bounded by
+   ``callbacks.request_timeout``; redirects are not followed; the response body is not read;
+3. **record** the result, conditional on still holding the lease: any 2xx → ``delivered``
+   (NEW_SUBMISSIONS → ZD ``notify-submission`` ``{notifyType: "callback"}`` at most once per
+   submission, plus NEW_EVENTS to the sender); otherwise retry after an exponential backoff with
+   jitter, or ``failed`` after ``max_attempts`` / ``give_up_after``. A URL that is not allowed
+   (not HTTPS; plain HTTP only to loopback hosts under the ``test`` key policy) fails at once.
+
+While deliveries are in flight the pass keeps claiming newly due rows (after each completion,
+at the latest every ``workers.callback_interval``), so a hanging receiver delays nobody else. The
+pass ends when nothing is in flight and nothing is due. Delivery is at-least-once: a node that
+crashes after sending and before recording causes one more request once its lease expired.
+
+Nothing here logs callback secrets, bodies or full URLs (only the host).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import httpx
+from sqlalchemy import or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from fitconnect_kit import __version__
+from fitconnect_kit.protocol.callbacks import sign_callback
+from fitconnect_kit.protocol.events import Event, NotifyType
+from fitconnect_kit.server.compat import CALLBACK_BACKOFF_JITTER, CALLBACK_USER_AGENT
+from fitconnect_kit.server.config import CallbackConfig
+from fitconnect_kit.server.domain.eventlog import append_zd_event
+from fitconnect_kit.server.domain.outbox import CallbackKind, enqueue_new_events
+from fitconnect_kit.server.storage.models import (
+    CallbackDelivery,
+    DeliveryStatus,
+    Destination,
+    Submission,
+    SubmissionStatus,
+)
+
+if TYPE_CHECKING:
+    from fitconnect_kit.server.state import ZdState
+
+logger = logging.getLogger("fitconnect_kit.server.callbacks")
+
+WORKER_NAME = "callbacks"
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost."})
+#: Submission states in which a delivered NEW_SUBMISSIONS still means "the receiver was told".
+_NOTIFIABLE = (SubmissionStatus.SUBMITTED.value, SubmissionStatus.FORWARDED.value)
+
+
+# --- policy --------------------------------------------------------------------------------------
+
+
+def is_loopback_host(host: str) -> bool:
+    """``localhost``, 127.0.0.0/8 or ``::1``."""
+    if host.lower() in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def callback_url_refusal(url: str, *, allow_insecure_loopback: bool) -> str | None:
+    """Why the ZD must not call ``url`` (``None`` = allowed). The reason never echoes the URL."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        _ = parts.port  # raises ValueError for a bad port
+    except ValueError:
+        return "callback URL is malformed"
+    if not host:
+        return "callback URL has no host"
+    if parts.scheme == "https":
+        return None
+    if parts.scheme == "http" and is_loopback_host(host):
+        if allow_insecure_loopback:
+            return None
+        return (
+            "callback URL must use https: plain http to loopback hosts is allowed only with "
+            "key_policy 'test'"
+        )
+    if parts.scheme == "http":
+        return (
+            "callback URL must use https (plain http only to loopback hosts with key_policy 'test')"
+        )
+    return "callback URL must be an https URL"
+
+
+def retry_delay(
+    config: CallbackConfig, attempts: int, *, rng: Callable[[], float] = random.random
+) -> timedelta:
+    """Wait before attempt ``attempts + 1`` after ``attempts`` failed ones (≥ 1).
+
+    ``initial_backoff · backoff_factor^(attempts-1)``, capped at ``max_backoff``, shortened by a
+    random fraction of up to :data:`~fitconnect_kit.server.compat.CALLBACK_BACKOFF_JITTER`.
+    """
+    exponent = max(attempts - 1, 0)
+    try:
+        base = config.initial_backoff * config.backoff_factor**exponent
+    except OverflowError:
+        base = config.max_backoff
+    base = min(base, config.max_backoff)
+    return timedelta(seconds=base * (1.0 - CALLBACK_BACKOFF_JITTER * rng()))
+
+
+# --- claiming ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Job:
+    id: int
+    kind: str
+    url: str = field(repr=False)
+    body: bytes = field(repr=False)
+    secret: str | None = field(repr=False)
+    to_destination: bool
+    submission_id: str | None
+    attempts: int
+    created_at: datetime
+
+    @property
+    def host(self) -> str:
+        try:
+            return urlsplit(self.url).hostname or "?"
+        except ValueError:
+            return "?"
+
+
+def _due_conditions(now: datetime) -> list[Any]:
+    return [
+        CallbackDelivery.status == DeliveryStatus.PENDING.value,
+        CallbackDelivery.next_attempt_at <= now,
+        or_(CallbackDelivery.locked_until.is_(None), CallbackDelivery.locked_until < now),
+    ]
+
+
+async def claim_due(zd: ZdState, limit: int) -> list[_Job]:
+    """Lease up to ``limit`` due deliveries to this node; returns them with their secrets."""
+    if limit <= 0:
+        return []
+    now = zd.clock.now()
+    lease = now + timedelta(seconds=zd.config.callbacks.lock_seconds)
+    candidates = (
+        select(CallbackDelivery.id)
+        .where(*_due_conditions(now))
+        .order_by(CallbackDelivery.next_attempt_at, CallbackDelivery.id)
+        .limit(limit)
+    )
+    if zd.database.is_postgres:
+        candidates = candidates.with_for_update(skip_locked=True)
+    async with zd.sessions() as session, session.begin():
+        # Two statements on purpose: PostgreSQL may evaluate a ``LIMIT … FOR UPDATE SKIP
+        # LOCKED`` subquery inside ``UPDATE … WHERE id IN (…)`` more than once and so claim
+        # more than ``limit`` rows. The ids selected here are locked until the commit.
+        ids = list(await session.scalars(candidates))
+        if not ids:
+            return []
+        claimed = list(
+            await session.scalars(
+                update(CallbackDelivery)
+                .where(CallbackDelivery.id.in_(ids), *_due_conditions(now))
+                .values(locked_until=lease, locked_by=zd.node_id)
+                .returning(CallbackDelivery.id)
+                .execution_options(synchronize_session=False)
+            )
+        )
+        if not claimed:
+            return []
+        rows = await session.execute(
+            select(
+                CallbackDelivery,
+                Destination.callback_secret,
+                Submission.sender_callback_secret,
+            )
+            .outerjoin(Destination, Destination.destination_id == CallbackDelivery.destination_id)
+            .outerjoin(Submission, Submission.submission_id == CallbackDelivery.submission_id)
+            .where(CallbackDelivery.id.in_(claimed))
+            .order_by(CallbackDelivery.next_attempt_at, CallbackDelivery.id)
+        )
+        jobs = []
+        for delivery, destination_secret, sender_secret in rows:
+            to_destination = delivery.destination_id is not None
+            jobs.append(
+                _Job(
+                    id=delivery.id,
+                    kind=delivery.kind,
+                    url=delivery.target_url,
+                    body=bytes(delivery.payload),
+                    secret=destination_secret if to_destination else sender_secret,
+                    to_destination=to_destination,
+                    submission_id=delivery.submission_id,
+                    attempts=delivery.attempts,
+                    created_at=delivery.created_at,
+                )
+            )
+        return jobs
+
+
+# --- sending and recording -----------------------------------------------------------------------
+
+
+@dataclass
+class CallbackPassResult:
+    """What one pass did (for tests and logs)."""
+
+    claimed: int = 0
+    delivered: int = 0
+    retried: int = 0
+    failed: int = 0
+    #: Deliveries whose lease another node took over before the result was recorded.
+    lost: int = 0
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    ok: bool
+    error: str | None = None
+    final: bool = False  # fail without retrying
+
+
+async def _send(zd: ZdState, client: httpx.AsyncClient, job: _Job) -> _Outcome:
+    refusal = callback_url_refusal(
+        job.url, allow_insecure_loopback=zd.config.allows_insecure_loopback_callbacks
+    )
+    if refusal is not None:
+        return _Outcome(False, refusal, final=True)
+    if not job.secret:
+        return _Outcome(False, "no callback secret is configured any more", final=True)
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": f"{CALLBACK_USER_AGENT}/{__version__}",
+        **sign_callback(job.body, job.secret, clock=zd.clock),
+    }
+    timeout = zd.config.callbacks.request_timeout
+    try:
+        async with (
+            asyncio.timeout(timeout),
+            client.stream("POST", job.url, content=job.body, headers=headers) as response,
+        ):
+            status = response.status_code
+    except TimeoutError:
+        return _Outcome(False, f"no response within {timeout:g} s")
+    except httpx.TimeoutException:
+        return _Outcome(False, f"no response within {timeout:g} s")
+    except httpx.HTTPError as exc:
+        return _Outcome(False, f"request failed: {type(exc).__name__}")
+    if 200 <= status < 300:
+        return _Outcome(True)
+    if 300 <= status < 400:
+        return _Outcome(False, f"HTTP {status} (redirects are not followed)")
+    return _Outcome(False, f"HTTP {status}")
+
+
+def _holding(job: _Job, zd: ZdState) -> list[Any]:
+    return [
+        CallbackDelivery.id == job.id,
+        CallbackDelivery.status == DeliveryStatus.PENDING.value,
+        CallbackDelivery.locked_by == zd.node_id,
+    ]
+
+
+async def _notify_callback(session: AsyncSession, zd: ZdState, submission_id: str) -> None:
+    """After a delivered NEW_SUBMISSIONS: ``notify-submission`` (callback), once per submission."""
+    submission = await session.get(Submission, submission_id)
+    if submission is None or submission.status not in _NOTIFIABLE:
+        return
+    record = await append_zd_event(
+        session,
+        zd,
+        case_id=submission.case_id,
+        submission_id=submission.submission_id,
+        event=Event.NOTIFY_SUBMISSION,
+        payload={"notifyType": NotifyType.CALLBACK.value},
+        dedup_key=f"notify-submission:{submission.submission_id}:callback",
+    )
+    if record is not None:
+        await enqueue_new_events(session, zd, submission, to_sender=True)
+
+
+async def _record(zd: ZdState, job: _Job, outcome: _Outcome, result: CallbackPassResult) -> None:
+    config = zd.config.callbacks
+    now = zd.clock.now()
+    attempts = job.attempts + 1
+    async with zd.sessions() as session, session.begin():
+        if outcome.ok:
+            updated = await session.scalar(
+                update(CallbackDelivery)
+                .where(*_holding(job, zd))
+                .values(
+                    status=DeliveryStatus.DELIVERED.value,
+                    attempts=attempts,
+                    delivered_at=now,
+                    last_error=None,
+                    locked_until=None,
+                    locked_by=None,
+                )
+                .returning(CallbackDelivery.id)
+                .execution_options(synchronize_session=False)
+            )
+            if updated is None:
+                result.lost += 1
+                return
+            if (
+                job.kind == CallbackKind.NEW_SUBMISSIONS.value
+                and job.to_destination
+                and job.submission_id is not None
+            ):
+                await _notify_callback(session, zd, job.submission_id)
+            result.delivered += 1
+            logger.info(
+                "callback %d (%s) delivered to %s after %d attempt(s)",
+                job.id,
+                job.kind,
+                job.host,
+                attempts,
+            )
+            return
+        give_up = (
+            outcome.final
+            or attempts >= config.max_attempts
+            or now - job.created_at >= config.give_up_after
+        )
+        values: dict[str, Any] = {
+            "attempts": attempts,
+            "last_error": outcome.error,
+            "locked_until": None,
+            "locked_by": None,
+        }
+        if give_up:
+            values["status"] = DeliveryStatus.FAILED.value
+        else:
+            values["next_attempt_at"] = now + retry_delay(config, attempts)
+        updated = await session.scalar(
+            update(CallbackDelivery)
+            .where(*_holding(job, zd))
+            .values(**values)
+            .returning(CallbackDelivery.id)
+            .execution_options(synchronize_session=False)
+        )
+    if updated is None:
+        result.lost += 1
+    elif give_up:
+        result.failed += 1
+        logger.warning(
+            "callback %d (%s) to %s failed for good after %d attempt(s): %s",
+            job.id,
+            job.kind,
+            job.host,
+            attempts,
+            outcome.error,
+        )
+    else:
+        result.retried += 1
+        logger.info(
+            "callback %d (%s) to %s failed (attempt %d: %s); next attempt at %s",
+            job.id,
+            job.kind,
+            job.host,
+            attempts,
+            outcome.error,
+            values["next_attempt_at"].isoformat(),
+        )
+
+
+async def _deliver(
+    zd: ZdState, client: httpx.AsyncClient, job: _Job, result: CallbackPassResult
+) -> None:
+    outcome = await _send(zd, client, job)
+    await _record(zd, job, outcome, result)
+
+
+def make_http_client(zd: ZdState) -> httpx.AsyncClient:
+    """The HTTP client of one pass: no redirects, no proxies from the environment."""
+    config = zd.config.callbacks
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(config.request_timeout),
+        follow_redirects=False,
+        trust_env=False,
+        limits=httpx.Limits(
+            max_connections=config.max_concurrency,
+            max_keepalive_connections=config.max_concurrency,
+        ),
+    )
+
+
+async def run_callbacks_pass(zd: ZdState) -> CallbackPassResult:
+    """Deliver every due callback (see the module docstring); returns what happened."""
+    result = CallbackPassResult()
+    capacity = zd.config.callbacks.max_concurrency
+    poll = zd.config.workers.callback_interval
+    in_flight: set[asyncio.Task[None]] = set()
+    async with make_http_client(zd) as client:
+        try:
+            while True:
+                jobs = await claim_due(zd, capacity - len(in_flight))
+                result.claimed += len(jobs)
+                for job in jobs:
+                    in_flight.add(
+                        asyncio.create_task(
+                            _deliver(zd, client, job, result), name=f"zd-callback-{job.id}"
+                        )
+                    )
+                if not in_flight:
+                    break
+                done, in_flight = await asyncio.wait(
+                    in_flight, timeout=poll, return_when=asyncio.FIRST_COMPLETED
+                )
+                for task in done:
+                    exc = task.exception()
+                    if exc is not None:
+                        # The lease expires and another pass retries the delivery.
+                        # (Only the type: database errors may quote statement parameters.)
+                        logger.error(
+                            "recording a callback delivery failed (%s); retried after its lease",
+                            type(exc).__name__,
+                        )
+        finally:
+            for task in in_flight:
+                task.cancel()
+            for task in in_flight:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+    return result
