@@ -18,6 +18,8 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
+# A complete local FIT-Connect (docs/quickstart.md); options pass through, e.g.
+# make run ARGS="--port 9090 --no-subscriber"
 run: install
 	$(BIN)/fitconnect dev $(ARGS)
 

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from fitconnect_kit.cli._common import EXIT_CHECK_FAILED, stdout
+from fitconnect_kit.cli._common import EXIT_CHECK_FAILED, EXIT_USAGE, fail, stdout
 from fitconnect_kit.cli.profile import EnvOption, JsonOption, ProfileOption, open_sender, print_json
 from fitconnect_kit.client.sender import DestinationReport
 
@@ -24,7 +24,12 @@ def register(app: typer.Typer) -> None:
 
 @destination_app.command("show")
 def show(
-    destination_id: Annotated[str, typer.Argument(help="The destinationId.", show_default=False)],
+    destination_id: Annotated[
+        str | None,
+        typer.Argument(
+            help="The destinationId (default: destinationId of the profile).", show_default=False
+        ),
+    ] = None,
     env: EnvOption = None,
     profile: ProfileOption = None,
     service: Annotated[
@@ -51,6 +56,9 @@ def show(
     """
     with open_sender(env, profile) as sender:
         prof = sender.profile
+        destination_id = destination_id or (prof.destination_id if prof else None)
+        if not destination_id:
+            fail("no destination: give the destinationId (or set it in the profile)", EXIT_USAGE)
         if prof is not None and prof.destination_id == destination_id:
             service = service or prof.service_identifier
             schema = schema or prof.data_schema_uri

@@ -17,17 +17,18 @@ import httpx
 import typer
 from rich.table import Table
 
-from fitconnect_kit.cli._common import EXIT_NOT_FOUND, fail, stdout
+from fitconnect_kit.cli._common import EXIT_NOT_FOUND, EXIT_USAGE, fail, stderr, stdout
 from fitconnect_kit.client.config import (
     ENV_ENVIRONMENT,
     ENV_PROFILE,
     Profile,
+    config_home,
     find_profile,
     load_profile,
     profile_candidates,
     resolve_settings,
 )
-from fitconnect_kit.client.sender import Sender
+from fitconnect_kit.client.sender import Sender, SentSubmission
 
 profile_app = typer.Typer(
     name="profile",
@@ -72,6 +73,59 @@ def open_sender(env: str | None, profile: Path | None, **options: Any) -> Sender
     if _transport_factory is not None:
         options.setdefault("transport", _transport_factory())
     return Sender(settings.environment, settings.credentials, profile=settings.profile, **options)
+
+
+# --- the last submission sent (for `fitconnect status --last`) ----------------------------------
+
+
+def last_sent_path(sender: Sender) -> Path:
+    """Where ``send`` notes the last submission: next to the profile, else in the config home."""
+    prof = sender.profile
+    if prof is not None and prof.path is not None:
+        return prof.path.with_name(prof.path.stem + ".last-sent.json")
+    return config_home() / f"last-sent-{sender.environment.name}.json"
+
+
+def remember_last_sent(sender: Sender, sent: SentSubmission) -> None:
+    """Note the ids of ``sent`` (no content, no secrets); failing to do so is only a warning."""
+    path = last_sent_path(sender)
+    data = {
+        "submissionApiUrl": sender.environment.submission_api_url,
+        "caseId": sent.case_id,
+        "submissionId": sent.submission_id,
+        "destinationId": sent.destination_id,
+    }
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle)
+        os.replace(tmp, path)
+    except OSError as exc:
+        stderr.print(f"warning: cannot note the last submission in {path}: {exc.strerror}")
+
+
+def load_last_sent(sender: Sender) -> dict[str, str]:
+    """The ids noted by the last ``send`` with this profile/environment."""
+    path = last_sent_path(sender)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        fail(f"no submission was sent with this profile yet ({path} is missing)", EXIT_NOT_FOUND)
+    except (OSError, ValueError) as exc:
+        fail(f"cannot read {path}: {exc}", EXIT_USAGE)
+    if not isinstance(data, dict) or not all(
+        isinstance(data.get(k), str) for k in ("caseId", "submissionId", "submissionApiUrl")
+    ):
+        fail(f"{path} is damaged; pass --case instead", EXIT_USAGE)
+    if data["submissionApiUrl"] != sender.environment.submission_api_url:
+        fail(
+            f"the last submission noted in {path} went to {data['submissionApiUrl']}, not to "
+            f"{sender.environment.submission_api_url}; pass --case instead",
+            EXIT_USAGE,
+        )
+    return {k: v for k, v in data.items() if isinstance(v, str)}
 
 
 def print_json(data: Any) -> None:

@@ -23,7 +23,14 @@ from fitconnect_kit.cli._common import (
     stderr,
     stdout,
 )
-from fitconnect_kit.cli.profile import EnvOption, JsonOption, ProfileOption, open_sender, print_json
+from fitconnect_kit.cli.profile import (
+    EnvOption,
+    JsonOption,
+    ProfileOption,
+    open_sender,
+    print_json,
+    remember_last_sent,
+)
 from fitconnect_kit.cli.status import print_report
 from fitconnect_kit.client.sender import SentSubmission, StatusReport
 from fitconnect_kit.client.submission import SubmissionBuilder
@@ -163,6 +170,7 @@ def send(
                 progress.update(task, completed=done, total=total)
 
             sent = sender.send(submission, progress=on_progress)
+        remember_last_sent(sender, sent)  # for `fitconnect status --last`
         report: StatusReport | None = None
         if wait:
             if not as_json:

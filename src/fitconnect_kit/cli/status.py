@@ -8,8 +8,15 @@ import typer
 from rich import box
 from rich.table import Table
 
-from fitconnect_kit.cli._common import EXIT_CHECK_FAILED, stdout
-from fitconnect_kit.cli.profile import EnvOption, JsonOption, ProfileOption, open_sender, print_json
+from fitconnect_kit.cli._common import EXIT_CHECK_FAILED, EXIT_USAGE, fail, stdout
+from fitconnect_kit.cli.profile import (
+    EnvOption,
+    JsonOption,
+    ProfileOption,
+    load_last_sent,
+    open_sender,
+    print_json,
+)
 from fitconnect_kit.client.eventlog import VerifiedEvent
 from fitconnect_kit.client.sender import StatusReport
 from fitconnect_kit.protocol.events import Event
@@ -28,7 +35,9 @@ def register(app: typer.Typer) -> None:
 
 
 def status(
-    case: Annotated[str, typer.Option("--case", help="The caseId.", show_default=False)],
+    case: Annotated[
+        str | None, typer.Option("--case", help="The caseId.", show_default=False)
+    ] = None,
     submission: Annotated[
         str | None,
         typer.Option("--submission", help="The submissionId (needed if the case has several)."),
@@ -39,6 +48,12 @@ def status(
             "--destination", help="Require receiver events to come from this destinationId."
         ),
     ] = None,
+    last: Annotated[
+        bool,
+        typer.Option(
+            "--last", help="The submission last sent with `fitconnect send` (this profile)."
+        ),
+    ] = False,
     env: EnvOption = None,
     profile: ProfileOption = None,
     as_json: JsonOption = False,
@@ -48,7 +63,13 @@ def status(
     Every Security Event Token is verified; a SET that does not verify or authentication tags
     that differ end the command with exit code 3. A rejected submission also exits with 3.
     """
+    if (case is None) == (not last):
+        fail("give either --case or --last", EXIT_USAGE)
     with open_sender(env, profile) as sender:
+        if case is None:
+            noted = load_last_sent(sender)
+            case = noted["caseId"]
+            submission = submission or noted["submissionId"]
         report = sender.status(case, submission_id=submission, destination_id=destination)
     if as_json:
         print_json(report.to_json())

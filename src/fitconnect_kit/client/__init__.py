@@ -23,6 +23,12 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from fitconnect_kit.client._http import RetryPolicy
+    from fitconnect_kit.client.callbacks import (
+        CallbackApp,
+        CallbackWsgiApp,
+        verify_callback,
+        verify_wsgi_environ,
+    )
     from fitconnect_kit.client.config import (
         Credentials,
         Profile,
@@ -64,6 +70,8 @@ if TYPE_CHECKING:
         WaitTimeoutError,
     )
     from fitconnect_kit.client.eventlog import VerifiedEvent
+    from fitconnect_kit.client.keystore import DecryptionKeys, SigningKey
+    from fitconnect_kit.client.schemas import SchemaNotAvailableError, SchemaRegistry
     from fitconnect_kit.client.sender import (
         AsyncSender,
         CheckedDestination,
@@ -74,6 +82,18 @@ if TYPE_CHECKING:
         StatusReport,
     )
     from fitconnect_kit.client.submission import Submission, SubmissionBuilder
+    from fitconnect_kit.client.subscriber import (
+        AsyncSubscriber,
+        CaseEventLog,
+        PostedEvent,
+        ReceivedAttachment,
+        ReceivedSubmission,
+        SubmissionInvalidError,
+        Subscriber,
+        VerificationIncompleteError,
+    )
+    from fitconnect_kit.client.verification import Verdict
+    from fitconnect_kit.client.worker import Accept, Reject, SubscriberWorker
 
 _EXPORTS: dict[str, str] = {
     "RetryPolicy": "_http",
@@ -94,6 +114,27 @@ _EXPORTS: dict[str, str] = {
     "StatusReport": "sender",
     "Submission": "submission",
     "SubmissionBuilder": "submission",
+    # subscriber SDK
+    "AsyncSubscriber": "subscriber",
+    "Subscriber": "subscriber",
+    "ReceivedSubmission": "subscriber",
+    "ReceivedAttachment": "subscriber",
+    "PostedEvent": "subscriber",
+    "CaseEventLog": "subscriber",
+    "SubmissionInvalidError": "subscriber",
+    "VerificationIncompleteError": "subscriber",
+    "Verdict": "verification",
+    "DecryptionKeys": "keystore",
+    "SigningKey": "keystore",
+    "SchemaRegistry": "schemas",
+    "SchemaNotAvailableError": "schemas",
+    "CallbackApp": "callbacks",
+    "CallbackWsgiApp": "callbacks",
+    "verify_callback": "callbacks",
+    "verify_wsgi_environ": "callbacks",
+    "SubscriberWorker": "worker",
+    "Accept": "worker",
+    "Reject": "worker",
 }
 for _name in (
     "AmbiguousCaseError",
@@ -129,16 +170,22 @@ for _name in (
     _EXPORTS[_name] = "errors"
 
 __all__ = [
+    "Accept",
     "AmbiguousCaseError",
     "ApiError",
     "AsyncSender",
+    "AsyncSubscriber",
     "AuthenticationError",
+    "CallbackApp",
+    "CallbackWsgiApp",
+    "CaseEventLog",
     "CheckedDestination",
     "ClientError",
     "ConfigurationError",
     "ConflictError",
     "Credentials",
     "DataSchemaNotOfferedError",
+    "DecryptionKeys",
     "DestinationCheckError",
     "DestinationInactiveError",
     "DestinationReport",
@@ -153,29 +200,43 @@ __all__ = [
     "MetadataVersionNotSupportedError",
     "NotFoundError",
     "PermissionDeniedError",
+    "PostedEvent",
     "Profile",
     "ProfileError",
     "ProfileNotFoundError",
     "RateLimitedError",
+    "ReceivedAttachment",
+    "ReceivedSubmission",
+    "Reject",
     "ReplyChannelNotOfferedError",
     "RetryPolicy",
+    "SchemaNotAvailableError",
+    "SchemaRegistry",
     "Sender",
     "SentSubmission",
     "ServerError",
     "ServiceNotOfferedError",
     "Settings",
+    "SigningKey",
     "StatusReport",
     "Submission",
     "SubmissionBuilder",
     "SubmissionError",
+    "SubmissionInvalidError",
     "SubmissionLimitError",
+    "Subscriber",
+    "SubscriberWorker",
     "TokenError",
     "TransportError",
+    "Verdict",
+    "VerificationIncompleteError",
     "VerifiedEvent",
     "WaitTimeoutError",
     "find_profile",
     "load_profile",
     "resolve_settings",
+    "verify_callback",
+    "verify_wsgi_environ",
 ]
 
 
