@@ -32,7 +32,7 @@ ATTACHMENT_ID = "2046f9f1-dc89-4440-9c24-c76a8f40d668"
 
 def test_api_catalog_names_and_uris_are_unique() -> None:
     problems = ApiProblems.all()
-    assert len(problems) == 29
+    assert len(problems) == 31
     assert len({p.name for p in problems}) == len(problems)
     assert len({p.type_uri for p in problems}) == len(problems)
     for p in problems:

@@ -175,6 +175,10 @@ class ApiProblems(_Catalog):
     INVALID_EVENT = ProblemType("invalid-event", 422, "Invalid event", "U")
     INVALID_KEY = ProblemType("invalid-key", 422, "Invalid key", "U")
     INVALID_CALLBACK = ProblemType("invalid-callback", 422, "Invalid callback", "U")
+    # A posted SET whose jti is already in the event log (the same token posted twice).
+    DUPLICATE_EVENT = ProblemType("duplicate-event", 409, "Event already recorded", "U")
+    # A destination key whose kid is already registered on the destination.
+    KEY_ALREADY_EXISTS = ProblemType("key-already-exists", 409, "Key already exists", "U")
     # Unparseable JSON, malformed ids or query parameters.
     MALFORMED_REQUEST = ProblemType("malformed-request", 400, "Malformed request", "U")
     # Well-formed JSON that violates the request schema.

@@ -36,10 +36,12 @@ from fitconnect_kit.server.auth import (
     new_client_secret,
     validate_client_scopes,
 )
+from fitconnect_kit.server.callback_guard import callback_target_refusal
 from fitconnect_kit.server.config import ServerConfig
 from fitconnect_kit.server.storage.db import Database
 from fitconnect_kit.server.storage.migrate import upgrade_database
 from fitconnect_kit.server.storage.models import (
+    NAME_MAX_LENGTH,
     Client,
     ClientDestination,
     ClientKind,
@@ -169,6 +171,7 @@ async def create_client(
         checked = validate_client_scopes(client_kind, scopes)
     except ScopeError as exc:
         raise AdminInputError(str(exc)) from None
+    _check_name_length(name)
     identifier = parse_uuid(client_id, field="client id") if client_id else new_id()
     secret = client_secret or new_client_secret()
     if len(secret) < 16:
@@ -258,6 +261,11 @@ def _checked_key(
     return key
 
 
+def _check_name_length(name: str | None) -> None:
+    if name is not None and len(name) > NAME_MAX_LENGTH:
+        raise AdminInputError(f"a name may have at most {NAME_MAX_LENGTH} characters")
+
+
 def check_callback_url(url: str, *, allow_insecure_loopback: bool) -> str:
     """HTTPS only; plain HTTP to loopback hosts when the test policy allows it."""
     parts = urlsplit(url)
@@ -269,6 +277,17 @@ def check_callback_url(url: str, *, allow_insecure_loopback: bool) -> str:
     if parts.scheme == "http" and loopback:
         raise AdminInputError("callback URL must use HTTPS (plain HTTP only with key_policy test)")
     raise AdminInputError(f"callback URL must be an https:// URL, got {url!r}")
+
+
+async def check_callback_target(url: str, config: ServerConfig) -> str:
+    """:func:`check_callback_url` under ``config``, plus the SSRF guard when it is on
+    (``callbacks.block_private_addresses``): no private, loopback or link-local targets."""
+    check_callback_url(url, allow_insecure_loopback=config.allows_insecure_loopback_callbacks)
+    if config.blocks_private_callback_targets:
+        refusal = await callback_target_refusal(url)
+        if refusal is not None:
+            raise AdminInputError(refusal)
+    return url
 
 
 async def create_destination(
@@ -302,6 +321,7 @@ async def create_destination(
     except ValueError:
         raise AdminInputError(f"unknown destination status {status!r}") from None
     checked_services = _validated_services(services)
+    _check_name_length(name)
     versions = [v for v in metadata_versions if v]
     if not versions:
         raise AdminInputError("a destination needs at least one metadata version")
@@ -321,9 +341,7 @@ async def create_destination(
     if (callback_url is None) != (callback_secret is None):
         raise AdminInputError("a callback needs both a URL and a secret")
     if callback_url is not None:
-        check_callback_url(
-            callback_url, allow_insecure_loopback=config.allows_insecure_loopback_callbacks
-        )
+        await check_callback_target(callback_url, config)
     encryption = _checked_key(encryption_key, KeyPurpose.ENCRYPTION, policy, clock)
     signing = _checked_key(signing_key, KeyPurpose.SIGNATURE, policy, clock)
     if encryption["kid"] == signing["kid"]:

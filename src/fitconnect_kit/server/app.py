@@ -13,6 +13,7 @@ import logging
 import re
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -23,7 +24,11 @@ from fitconnect_kit.protocol.problems import ApiProblems
 from fitconnect_kit.server.api import routers
 from fitconnect_kit.server.compat import SUBMISSION_API_VERSION
 from fitconnect_kit.server.config import ConfigError, ServerConfig, load_config_from_env
-from fitconnect_kit.server.middleware import BodyLimitMiddleware, RateLimitMiddleware
+from fitconnect_kit.server.middleware import (
+    BodyLimitMiddleware,
+    RateLimitMiddleware,
+    RefusalDrainMiddleware,
+)
 from fitconnect_kit.server.problems import install_problem_handlers
 from fitconnect_kit.server.server_keys import PresetServerKeys, ensure_server_keys
 from fitconnect_kit.server.state import BodyLimitRule, ZdState
@@ -95,10 +100,34 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         )
         yield
     finally:
-        await zd.workers.stop()
+        await zd.workers.stop(grace=config.workers.shutdown_grace)
         await database.dispose()
         zd._database = None
         zd._keys = None
+
+
+def _truthful_openapi(app: FastAPI) -> None:
+    """Operations without a request body cannot answer 422 ``invalid-request-body`` (bad path
+    and query parameters are 400 ``malformed-request``): drop that entry from their responses.
+    (``api._common.problems`` documents it everywhere so that FastAPI does not add its own.)"""
+    generate = app.openapi
+    invalid_body = f"Problem: {ApiProblems.INVALID_REQUEST_BODY.name}"
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            for operations in schema.get("paths", {}).values():
+                for operation in operations.values():
+                    responses = operation.get("responses", {})
+                    unprocessable = responses.get("422", {})
+                    if "requestBody" not in operation and (
+                        unprocessable.get("description") == invalid_body
+                    ):
+                        del responses["422"]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def create_app(
@@ -140,11 +169,14 @@ def create_app(
         _blobs=blob_store,
     )
     install_problem_handlers(app)
-    # Added last = outermost: the rate limit applies (and adds headers) before body checks.
+    # Added last = outermost: the rate limit applies (and adds headers) before body checks;
+    # refusals of every layer inside reach clients that are still sending their body.
     app.add_middleware(BodyLimitMiddleware)
     app.add_middleware(RateLimitMiddleware, config=config.rate_limit)
+    app.add_middleware(RefusalDrainMiddleware)
     for router in routers():
         app.include_router(router)
+    _truthful_openapi(app)
     return app
 
 

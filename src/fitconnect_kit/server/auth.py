@@ -344,20 +344,25 @@ async def authenticate(request: Request, zd: ZdState) -> Principal:
             )
         except InvalidTokenError as exc:
             raise unauthorized(str(exc)) from None
-    async with zd.sessions() as session:
-        client = await session.get(Client, access.client_id)
-        links = (
-            await session.execute(
-                select(ClientDestination.destination_id, ClientDestination.can_manage).where(
-                    ClientDestination.client_id == access.client_id
-                )
-            )
-        ).all()
-    if client is None or client.disabled:
+    # The client and its destination links in one read-only query (every request pays it).
+    statement = (
+        select(
+            Client.kind,
+            Client.disabled,
+            ClientDestination.destination_id,
+            ClientDestination.can_manage,
+        )
+        .outerjoin(ClientDestination, ClientDestination.client_id == Client.client_id)
+        .where(Client.client_id == access.client_id)
+    )
+    async with zd.database.read_connection() as connection:
+        rows = (await connection.execute(statement)).all()
+    if not rows or rows[0].disabled:
         raise unauthorized("the client of this access token is unknown or disabled")
+    links = [row for row in rows if row.destination_id is not None]
     return Principal(
-        client_id=client.client_id,
-        kind=ClientKind(client.kind),
+        client_id=access.client_id,
+        kind=ClientKind(rows[0].kind),
         scopes=frozenset(access.scopes),
         token_id=access.token_id,
         expires_at=access.expires_at,

@@ -14,7 +14,6 @@ from fitconnect_kit.protocol.api import (
     SUBMISSION_LIST_PAGE_DEFAULT,
     SUBMISSION_LIST_PAGE_MAX,
 )
-from fitconnect_kit.protocol.problems import ProblemType
 
 #: Submission API version reported by ``GET /v1/info`` and the OpenAPI document. [U] We implement
 #: the v1 resource model with per-service reply channels (a 1.3.0 feature), hence 1.3.0.
@@ -100,6 +99,15 @@ EVENT_LOG_MAX_LIMIT: Final = EVENT_LOG_PAGE_MAX  # [C]
 SUBMISSION_LIST_DEFAULT_LIMIT: Final = SUBMISSION_LIST_PAGE_DEFAULT
 SUBMISSION_LIST_MAX_LIMIT: Final = SUBMISSION_LIST_PAGE_MAX
 
+#: Largest ``offset`` of every paged list (a 32-bit count); larger values are 400
+#: ``malformed-request`` instead of overflowing the database's integer type. [U]
+PAGE_OFFSET_MAX: Final = 2**31 - 1
+
+#: ``PATCH /v1/destinations/{id}`` follows JSON merge patch (RFC 7396): ``null`` removes an
+#: optional member (``callback``, ``contactInformation``, ``name``, ``replyChannels``); ``null``
+#: for a required one is 422 ``invalid-request-body``. [U] (``domain/destinations.py``)
+PATCH_NULL_REMOVES: Final = True
+
 #: ``GET /v1/destinations`` (own destinations): an envelope ``{count, offset, totalCount,
 #: destinations: [owner view]}`` with the same paging as the submission list. [U]
 DESTINATION_LIST_DEFAULT_LIMIT: Final = 100
@@ -125,10 +133,6 @@ FETCHABLE_STATUSES: Final = ("submitted", "forwarded", "accepted", "rejected")
 
 #: Posted SETs may change a submission in these states (accept/reject/forward). [U]
 DECIDABLE_STATUSES: Final = ("submitted", "forwarded")
-
-#: Problem types the catalog (``protocol/problems.py``) does not have; same base URI. [U]
-DUPLICATE_EVENT = ProblemType("duplicate-event", 409, "Event already recorded", "U")
-KEY_ALREADY_EXISTS = ProblemType("key-already-exists", 409, "Key already exists", "U")
 
 #: ``GET /v1/destinations/{destinationId}/keys/{keyId}`` needs no access token (one public
 #: client calls it without one) [S]; a token, if sent, is ignored there. [U]

@@ -71,6 +71,12 @@ class LimitsConfig(_Section):
     max_submission_size: int = Field(default=LIMIT_MAX_TOTAL_ATTACHMENT_BYTES, ge=1)
     #: Any other request body (JSON with encrypted metadata/data, SETs, token requests). [U]
     max_json_body_size: int = Field(default=64 * MIB, ge=1024)
+    #: A request refused while its body is still coming (401/403/404/409/413/429 …) has at most
+    #: this many bytes (and seconds) of the rest read and discarded before the connection is
+    #: closed, so that a client still sending receives the problem instead of a connection reset,
+    #: and nobody makes the server read forever (``middleware.RefusalDrainMiddleware``).
+    refusal_drain_size: int = Field(default=64 * MIB, ge=0)
+    refusal_drain_seconds: float = Field(default=10.0, ge=0)
 
 
 class DeadlinesConfig(_Section):
@@ -113,6 +119,10 @@ class CallbackConfig(_Section):
     max_concurrency: int = Field(default=CALLBACK_MAX_CONCURRENCY, ge=1, le=1000)
     #: How long a worker may hold a delivery before another node may take it over.
     lock_seconds: float = Field(default=60.0, gt=0)
+    #: Refuse callback targets that are (or resolve to) private, loopback, link-local or other
+    #: non-public addresses — when a callback is configured and again when it is delivered
+    #: (SSRF guard). ``None`` (default): on with ``key_policy = "strict"``, off with ``"test"``.
+    block_private_addresses: bool | None = None
 
     @model_validator(mode="after")
     def _lease_covers_request(self) -> CallbackConfig:
@@ -130,6 +140,19 @@ class WorkersConfig(_Section):
     deadline_interval: float = Field(default=60.0, gt=0)
     callback_interval: float = Field(default=2.0, gt=0)
     cleanup_interval: float = Field(default=300.0, gt=0)
+    #: The ``cleanup`` worker removes blob-store temp files and unreferenced blobs only once
+    #: they are this old (uploads in progress and blobs about to be recorded are younger).
+    cleanup_grace: timedelta = timedelta(hours=1)
+    #: On shutdown, a running callbacks pass gets this many seconds to finish (requests in
+    #: flight are recorded) before it is cancelled; leases of unfinished callbacks are released.
+    #: Other workers' passes are cancelled at once.
+    shutdown_grace: float = Field(default=5.0, ge=0)
+
+    @model_validator(mode="after")
+    def _positive_grace(self) -> WorkersConfig:
+        if self.cleanup_grace <= timedelta(0):
+            raise ValueError("cleanup_grace must be positive")
+        return self
 
 
 class ServerConfig(BaseModel):
@@ -203,6 +226,12 @@ class ServerConfig(BaseModel):
     def allows_insecure_loopback_callbacks(self) -> bool:
         """Plain-HTTP callbacks to loopback addresses are a test-environment convenience."""
         return self.key_policy == "test"
+
+    @property
+    def blocks_private_callback_targets(self) -> bool:
+        """The SSRF guard of callbacks (``callbacks.block_private_addresses``, see there)."""
+        explicit = self.callbacks.block_private_addresses
+        return self.key_policy == "strict" if explicit is None else explicit
 
     @property
     def token_url(self) -> str:

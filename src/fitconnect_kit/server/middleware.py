@@ -1,4 +1,4 @@
-"""Pure ASGI middlewares: rate limiting and request body limits.
+"""Pure ASGI middlewares: rate limiting, request body limits and refusals of unread bodies.
 
 Pure ASGI (not ``BaseHTTPMiddleware``) so that streamed uploads and downloads pass through
 untouched.
@@ -11,6 +11,7 @@ on its own, so the effective limit is the per-node limit times the number of nod
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from dataclasses import dataclass
@@ -179,12 +180,11 @@ class BodyLimitMiddleware:
         limit, problem = _zd(scope).body_limit_rule_for(scope["method"], scope["path"])
         declared = Headers(scope=scope).get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
+            # The unread body is dealt with by RefusalDrainMiddleware (outside of this one).
             response = problem_response(
                 problem,
                 f"request body of {declared} bytes exceeds the limit of {limit} bytes",
                 instance=scope["path"],
-                # The unread body makes the connection unusable for another request.
-                headers={"Connection": "close"},
             )
             await response(scope, receive, send)
             return
@@ -201,3 +201,159 @@ class BodyLimitMiddleware:
             return message
 
         await self.app(scope, receive_with_limit, send)
+
+
+# --- refusals of requests whose body is still coming -------------------------------------------
+
+
+@dataclass
+class _BodyState:
+    declared: int | None
+    complete: bool
+    received: int = 0
+    receive_called: bool = False
+
+
+def _declared_length(headers: Headers) -> tuple[int | None, bool]:
+    """(declared ``Content-Length``, whether a body may follow at all)."""
+    raw = headers.get("content-length")
+    chunked = "chunked" in headers.get("transfer-encoding", "").lower()
+    if raw is not None and raw.isdigit():
+        length = int(raw)
+        return length, length > 0
+    return None, chunked
+
+
+class RefusalDrainMiddleware:
+    """Refusals arrive at clients that are still sending their request body.
+
+    A request may be answered with a 4xx before its body was read (bad token, unknown
+    submission, declared ``Content-Length`` over the limit, rate limit …) or while it is only
+    partly read (a streamed body over the limit, an invalid JWE). Closing the connection then,
+    with request bytes still arriving, makes the kernel answer them with a TCP reset, and a client
+    busy sending may never read the problem; keeping it open lets the server read the rest of the
+    body without bound. So, for a response with status ≥ 400 while the request body is not
+    complete, the problem is always sent at once, and then:
+
+    * **small rest** (declared ``Content-Length`` minus what was read ≤
+      ``limits.refusal_drain_size``): nothing more — the connection stays open and the server
+      (uvicorn) discards the rest of the body as it arrives, at most that much; then the
+      connection is usable for the next request;
+    * **large or unknown rest** (chunked): the response goes out with ``Connection: close``, its
+      bytes complete on the wire, then up to ``refusal_drain_size`` bytes /
+      ``refusal_drain_seconds`` of the body are read and discarded before the response is ended
+      and the server closes — a client that reads while sending has its answer at once, one that
+      reads only after sending gets it when its body ends within the bound; beyond the bound the
+      connection is closed (never an unbounded drain);
+    * ``Expect: 100-continue`` with nothing read yet: ``Connection: close`` and nothing is
+      drained — the client has not sent its body and, told the final status, will not.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        declared, has_body = _declared_length(headers)
+        if not has_body:
+            await self.app(scope, receive, send)
+            return
+        limits = _zd(scope).config.limits
+        state = _BodyState(declared=declared, complete=False)
+        expects_continue = headers.get("expect", "").lower() == "100-continue"
+
+        async def tracked_receive() -> Message:
+            state.receive_called = True
+            message = await receive()
+            if message["type"] == "http.request":
+                state.received += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    state.complete = True
+            elif message["type"] == "http.disconnect":
+                state.complete = True
+            return message
+
+        held: Message | None = None
+        passing = False
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal held, passing
+            if passing:
+                await send(message)
+                return
+            if message["type"] == "http.response.start":
+                if message["status"] >= 400 and not state.complete:
+                    held = message
+                    return
+                passing = True
+                await send(message)
+                return
+            if message["type"] == "http.response.body" and held is not None:
+                start, held, passing = held, None, True
+                await self._refuse(
+                    start,
+                    message,
+                    tracked_receive,
+                    send,
+                    state,
+                    expects_continue=expects_continue,
+                    max_bytes=limits.refusal_drain_size,
+                    seconds=limits.refusal_drain_seconds,
+                )
+                return
+            await send(message)
+
+        await self.app(scope, tracked_receive, guarded_send)
+
+    @staticmethod
+    async def _refuse(
+        start: Message,
+        body: Message,
+        receive: Receive,
+        send: Send,
+        state: _BodyState,
+        *,
+        expects_continue: bool,
+        max_bytes: int,
+        seconds: float,
+    ) -> None:
+        response_headers = MutableHeaders(scope=start)
+        if expects_continue and not state.receive_called:
+            response_headers["Connection"] = "close"
+            await send(start)
+            await send(body)
+            return
+        rest = None if state.declared is None else state.declared - state.received
+        if rest is not None and rest <= max_bytes:
+            # Kept open: the server discards the (bounded) rest after the response.
+            await send(start)
+            await send(body)
+            return
+        response_headers["Connection"] = "close"
+        if "content-length" not in response_headers or body.get("more_body", False):
+            # The client cannot tell the end of this response before it ends: no early answer.
+            await send(start)
+            await send(body)
+            return
+        await send(start)
+        await send({**body, "more_body": True})
+        await _drain(receive, state, max_bytes, seconds)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _drain(receive: Receive, state: _BodyState, max_bytes: int, seconds: float) -> None:
+    """Read and discard the request body until it ends, ``max_bytes`` or ``seconds`` pass."""
+    deadline = time.monotonic() + seconds
+    drained = 0
+    while not state.complete and drained <= max_bytes:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return
+        try:
+            message = await asyncio.wait_for(receive(), timeout=remaining)
+        except TimeoutError:
+            return
+        drained += len(message.get("body", b""))

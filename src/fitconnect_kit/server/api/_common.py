@@ -13,6 +13,8 @@ problems, paging parameters, the ``application/jose`` request bodies.
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Annotated, Any
 
@@ -26,6 +28,7 @@ from fitconnect_kit.protocol.api import (
     ERROR_STATUS_NOT_ALLOWED,
 )
 from fitconnect_kit.protocol.problems import PROBLEM_JSON_MEDIA_TYPE, ApiProblems, ProblemType
+from fitconnect_kit.server.compat import PAGE_OFFSET_MAX
 from fitconnect_kit.server.problems import ApiError
 
 JOSE_MEDIA_TYPE = "application/jose"
@@ -62,13 +65,69 @@ def specific_problem(exc: RequestValidationError) -> ApiError | None:
     return ApiError(ptype, f"{first['path']}: {first['message']}", violations=violations)
 
 
+#: ``\u0000`` as a JSON escape, i.e. preceded by an even number of backslashes.
+_JSON_NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def _nul_path(value: Any, path: str = "$") -> str | None:
+    """The JSON path of the first string (or member name) containing U+0000, if any."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _nul_path(item, f"{path}[{index}]")
+            if found is not None:
+                return found
+    if isinstance(value, dict):
+        for name, item in value.items():
+            found = _nul_path(name, path) or _nul_path(item, f"{path}.{name}")
+            if found is not None:
+                return found
+    return None
+
+
+async def refuse_nul_characters(request: Request) -> None:
+    """U+0000 is never part of a valid id, name, URL or text of this API — and PostgreSQL
+    cannot store it. Path and query values with it are 400 ``malformed-request``, JSON bodies
+    with it 422 ``invalid-request-body`` (with the JSON path), before anything reaches the
+    database. (Form bodies: ``api/token.py``; JOSE bodies fail their own syntax checks.)"""
+    for where, values in (
+        ("path", request.path_params.items()),
+        ("query", request.query_params.multi_items()),
+    ):
+        for name, value in values:
+            if "\x00" in str(value):
+                raise ApiError(
+                    ApiProblems.MALFORMED_REQUEST,
+                    f"{where}.{name}: must not contain NUL characters (U+0000)",
+                    violations=[{"path": f"{where}.{name}", "message": "contains U+0000"}],
+                )
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media_type != "application/json" and not media_type.endswith("+json"):
+        return
+    body = await request.body()  # cached: the handler reads the same bytes
+    if not _JSON_NUL_ESCAPE.search(body):
+        return
+    try:
+        path = _nul_path(json.loads(body)) or "$"
+    except ValueError:
+        return  # not JSON at all: the regular validation answers
+    raise ApiError(
+        ApiProblems.INVALID_REQUEST_BODY,
+        f"{path}: must not contain NUL characters (U+0000)",
+        violations=[{"path": path, "message": "contains U+0000"}],
+    )
+
+
 class ProblemRoute(APIRoute):
-    """Answers request-body validation errors with their specific problem type where one exists."""
+    """Answers request-body validation errors with their specific problem type where one exists,
+    and refuses NUL characters in path, query and JSON body (:func:`refuse_nul_characters`)."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
 
         async def route_handler(request: Request) -> Response:
+            await refuse_nul_characters(request)
             try:
                 return await handler(request)
             except RequestValidationError as exc:
@@ -110,12 +169,15 @@ _COMMON: dict[int, list[str]] = {
 }
 
 
-def problems(*ptypes: ProblemType, auth: bool = True, params: bool = True) -> dict[int | str, Any]:
+def problems(
+    *ptypes: ProblemType, auth: bool = True, params: bool = True, validation: bool = True
+) -> dict[int | str, Any]:
     """``responses=`` entries documenting the problem JSON a route answers with.
 
     ``auth`` adds 401 ``unauthorized``; ``params`` adds 400 ``malformed-request`` (bad path or
-    query parameters, unparseable JSON). 422 is always documented explicitly, so FastAPI does not
-    add its own (untruthful) validation-error schema.
+    query parameters, unparseable JSON). 422 is documented explicitly (unless ``validation`` is
+    false, for routes without parameters or body), so FastAPI does not add its own (untruthful)
+    validation-error schema. 429 (rate limit) is always documented: every route is limited.
     """
     by_status: dict[int, list[str]] = {k: list(v) for k, v in _COMMON.items()}
     if auth:
@@ -133,7 +195,7 @@ def problems(*ptypes: ProblemType, auth: bool = True, params: bool = True) -> di
             "description": "Problem: " + ", ".join(names),
             "content": {PROBLEM_JSON_MEDIA_TYPE: {"schema": PROBLEM_SCHEMA}},
         }
-    if 422 not in responses:
+    if 422 not in responses and validation:
         responses[422] = {
             "description": f"Problem: {ApiProblems.INVALID_REQUEST_BODY.name}",
             "content": {PROBLEM_JSON_MEDIA_TYPE: {"schema": PROBLEM_SCHEMA}},
@@ -158,7 +220,14 @@ def location_header(description: str) -> dict[str, Any]:
 
 # --- paging ---------------------------------------------------------------------------------------
 
-Offset = Annotated[int, Query(ge=0, description="Number of items to skip.")]
+Offset = Annotated[
+    int,
+    Query(
+        ge=0,
+        le=PAGE_OFFSET_MAX,
+        description=f"Number of items to skip (at most {PAGE_OFFSET_MAX}).",
+    ),
+]
 
 
 def limit_query(default: int, maximum: int) -> Any:

@@ -35,7 +35,6 @@ from fitconnect_kit.server.compat import (
     ADD_KEY_STATUS_CODE,
     DESTINATION_LIST_DEFAULT_LIMIT,
     DESTINATION_LIST_MAX_LIMIT,
-    KEY_ALREADY_EXISTS,
 )
 from fitconnect_kit.server.domain import destinations as domain
 from fitconnect_kit.server.domain.destinations import DestinationList, OwnerDestination, PublicJwk
@@ -239,7 +238,7 @@ async def delete_destination(
             P.FORBIDDEN,
             P.DESTINATION_NOT_FOUND,
             P.DESTINATION_STATE_INVALID,
-            KEY_ALREADY_EXISTS,
+            P.KEY_ALREADY_EXISTS,
             P.INVALID_KEY,
             *_JSON_BODY,
         ),

@@ -26,7 +26,6 @@ from fitconnect_kit.server.api._common import (
 )
 from fitconnect_kit.server.auth import CurrentPrincipal, SubscriberPrincipal
 from fitconnect_kit.server.compat import (
-    DUPLICATE_EVENT,
     EVENT_LOG_DEFAULT_LIMIT,
     EVENT_LOG_MAX_LIMIT,
 )
@@ -60,12 +59,12 @@ def _page(tokens: list[str], total: int, offset: int) -> JSONResponse:
 async def get_case_events(
     caseId: UUID,
     principal: CurrentPrincipal,
-    session: DbSession,
+    zd: ZD,
     offset: Offset = 0,
     limit: Limit = EVENT_LOG_DEFAULT_LIMIT,
 ) -> JSONResponse:
     tokens, total = await case_event_log(
-        session, principal, str(caseId), offset=offset, limit=limit
+        zd.database, principal, str(caseId), offset=offset, limit=limit
     )
     return _page(tokens, total, offset)
 
@@ -81,12 +80,12 @@ async def get_case_events(
 async def get_submission_events(
     submissionId: UUID,
     principal: CurrentPrincipal,
-    session: DbSession,
+    zd: ZD,
     offset: Offset = 0,
     limit: Limit = EVENT_LOG_DEFAULT_LIMIT,
 ) -> JSONResponse:
     tokens, total = await submission_event_log(
-        session, principal, str(submissionId), offset=offset, limit=limit
+        zd.database, principal, str(submissionId), offset=offset, limit=limit
     )
     return _page(tokens, total, offset)
 
@@ -105,7 +104,7 @@ async def get_submission_events(
         P.FORBIDDEN,
         P.CASE_NOT_FOUND,
         P.SUBMISSION_STATE_INVALID,
-        DUPLICATE_EVENT,
+        P.DUPLICATE_EVENT,
         P.PAYLOAD_TOO_LARGE,
         P.UNSUPPORTED_MEDIA_TYPE,
         P.INVALID_EVENT,

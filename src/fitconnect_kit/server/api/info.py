@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 
 from fitconnect_kit import __version__
 from fitconnect_kit.protocol.api import ApiInfo, ApiVersion
+from fitconnect_kit.server.api._common import problems
 from fitconnect_kit.server.compat import (
     INFO_IMPLEMENTATION_NAME,
     JWKS_MAX_AGE,
@@ -33,6 +34,7 @@ def api_info() -> ApiInfo:
     summary="Information about this Zustelldienst instance",
     response_model=ApiInfo,
     operation_id="get-info",
+    responses=problems(auth=False, params=False, validation=False),
 )
 async def info() -> dict[str, Any]:
     return api_info().to_json()
@@ -41,7 +43,11 @@ async def info() -> dict[str, Any]:
 @router.get(
     JWKS_PATH,
     summary="Public keys that verify the Security Event Tokens issued by this Zustelldienst",
-    responses={200: {"description": "JWK Set (RSA-4096, PS512, key_ops verify)"}},
+    operation_id="get-zd-jwks",
+    responses={
+        200: {"description": "JWK Set (RSA-4096, PS512, key_ops verify)"},
+        **problems(auth=False, params=False, validation=False),
+    },
 )
 async def jwks(zd: ZD) -> JSONResponse:
     return JSONResponse(

@@ -16,6 +16,8 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import func, select
 
 from fitconnect_kit.protocol.api import OAuthError, TokenResponse
+from fitconnect_kit.protocol.problems import ApiProblems
+from fitconnect_kit.server.api._common import problems
 from fitconnect_kit.server.auth import (
     ScopeError,
     check_client_secret,
@@ -53,6 +55,8 @@ def _parse_form(body: bytes) -> dict[str, str]:
         raise OAuthFailure("invalid_request", "the request body is not a valid form") from None
     form: dict[str, str] = {}
     for name, value in pairs:
+        if "\x00" in name or "\x00" in value:
+            raise OAuthFailure("invalid_request", "the form must not contain NUL characters")
         if name in form:
             # RFC 6749 §3.2: parameters must not be included more than once.
             raise OAuthFailure("invalid_request", f"parameter {name!r} is repeated")
@@ -72,7 +76,7 @@ def _basic_credentials(request: Request) -> tuple[str, str] | None:
     except (binascii.Error, UnicodeDecodeError):
         raise OAuthFailure("invalid_client", "malformed HTTP Basic credentials", 401) from None
     client_id, sep, secret = decoded.partition(":")
-    if not sep:
+    if not sep or "\x00" in decoded:
         raise OAuthFailure("invalid_client", "malformed HTTP Basic credentials", 401)
     # RFC 6749 §2.3.1: both parts are form-urlencoded before Basic encoding.
     return unquote_plus(client_id), unquote_plus(secret)
@@ -154,9 +158,12 @@ async def _issue(request: Request, zd: ZD) -> TokenResponse:
     "/token",
     summary="Get an access token (OAuth 2.0 client credentials)",
     response_model=TokenResponse,
+    operation_id="get-token",
     responses={
         400: {"model": OAuthError, "description": "OAuth error"},
         401: {"model": OAuthError, "description": "invalid_client"},
+        # Not OAuth errors: the body limit and the rate limit answer before the token service.
+        **problems(ApiProblems.PAYLOAD_TOO_LARGE, auth=False, params=False, validation=False),
     },
     openapi_extra={
         "requestBody": {

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import select
 
 from fitconnect_kit.protocol.problems import ApiProblems
 from fitconnect_kit.server.domain.eventlog import read_event_log
@@ -18,6 +18,7 @@ from fitconnect_kit.server.storage.models import Case, Submission
 
 if TYPE_CHECKING:
     from fitconnect_kit.server.auth import Principal
+    from fitconnect_kit.server.storage.db import Database
 
 
 def may_read_log(
@@ -30,26 +31,34 @@ def may_read_log(
 
 
 async def case_event_log(
-    session: AsyncSession, principal: Principal, case_id: str, *, offset: int, limit: int
+    database: Database, principal: Principal, case_id: str, *, offset: int, limit: int
 ) -> tuple[list[str], int]:
-    """SETs of a case in log order (one page) and the total count."""
-    try:
-        case = await session.get(Case, case_id)
+    """SETs of a case in log order (one page) and the total count (read-only connection)."""
+    async with database.read_connection() as connection:
+        case = (
+            await connection.execute(
+                select(Case.destination_id, Case.sender_client_id).where(Case.case_id == case_id)
+            )
+        ).first()
         if case is None or not may_read_log(
             principal, destination_id=case.destination_id, sender_client_id=case.sender_client_id
         ):
             raise ApiError(ApiProblems.CASE_NOT_FOUND, f"case {case_id} not found")
-        return await read_event_log(session, case_id=case_id, offset=offset, limit=limit)
-    finally:
-        await session.rollback()
+        return await read_event_log(connection, case_id=case_id, offset=offset, limit=limit)
 
 
 async def submission_event_log(
-    session: AsyncSession, principal: Principal, submission_id: str, *, offset: int, limit: int
+    database: Database, principal: Principal, submission_id: str, *, offset: int, limit: int
 ) -> tuple[list[str], int]:
-    """SETs of one submission in log order (one page) and the total count."""
-    try:
-        submission = await session.get(Submission, submission_id)
+    """SETs of one submission in log order (one page) and the total count (read-only)."""
+    async with database.read_connection() as connection:
+        submission = (
+            await connection.execute(
+                select(Submission.destination_id, Submission.sender_client_id).where(
+                    Submission.submission_id == submission_id
+                )
+            )
+        ).first()
         if submission is None or not may_read_log(
             principal,
             destination_id=submission.destination_id,
@@ -59,7 +68,5 @@ async def submission_event_log(
                 ApiProblems.SUBMISSION_NOT_FOUND, f"submission {submission_id} not found"
             )
         return await read_event_log(
-            session, submission_id=submission_id, offset=offset, limit=limit
+            connection, submission_id=submission_id, offset=offset, limit=limit
         )
-    finally:
-        await session.rollback()

@@ -33,7 +33,7 @@ from fitconnect_kit.protocol.events import (
 from fitconnect_kit.protocol.ids import parse_uuid
 from fitconnect_kit.protocol.keys import KeyPurpose
 from fitconnect_kit.protocol.problems import ApiProblems
-from fitconnect_kit.server.compat import DECIDABLE_STATUSES, DUPLICATE_EVENT
+from fitconnect_kit.server.compat import DECIDABLE_STATUSES
 from fitconnect_kit.server.domain.eventlog import DuplicateEventError, append_posted_event
 from fitconnect_kit.server.domain.outbox import enqueue_new_events
 from fitconnect_kit.server.problems import ApiError
@@ -110,7 +110,9 @@ async def record_posted_event(
 
     replayed = await session.scalar(select(EventRow.seq).where(EventRow.jti == st.jti))
     if replayed is not None:
-        raise ApiError(DUPLICATE_EVENT, f"an event with jti {st.jti} is already in the log")
+        raise ApiError(
+            ApiProblems.DUPLICATE_EVENT, f"an event with jti {st.jti} is already in the log"
+        )
 
     new_status = NEW_STATUS[st.event]
     now = zd.clock.now()
@@ -149,7 +151,7 @@ async def record_posted_event(
     except DuplicateEventError:
         await session.rollback()
         raise ApiError(
-            DUPLICATE_EVENT, f"an event with jti {st.jti} is already in the log"
+            ApiProblems.DUPLICATE_EVENT, f"an event with jti {st.jti} is already in the log"
         ) from None
     await enqueue_new_events(session, zd, submission, to_sender=True)
     await session.commit()

@@ -49,15 +49,20 @@ from fitconnect_kit.protocol.keys import (
     validate_destination_key,
 )
 from fitconnect_kit.protocol.problems import ApiProblems
-from fitconnect_kit.server.admin import AdminInputError, check_callback_url
+from fitconnect_kit.server.admin import AdminInputError, check_callback_target
 from fitconnect_kit.server.compat import (
     DECOMMISSION_WAIT_DAYS,
     DELETABLE_DESTINATION_STATUSES,
-    KEY_ALREADY_EXISTS,
     NEW_DESTINATION_STATUS,
+    PATCH_NULL_REMOVES,
 )
 from fitconnect_kit.server.problems import ApiError
-from fitconnect_kit.server.storage.models import ClientDestination, Destination, DestinationKey
+from fitconnect_kit.server.storage.models import (
+    NAME_MAX_LENGTH,
+    ClientDestination,
+    Destination,
+    DestinationKey,
+)
 
 if TYPE_CHECKING:
     from fitconnect_kit.server.auth import Principal
@@ -277,6 +282,11 @@ def _checked_services(
     return result
 
 
+def _check_name(name: str | None, violations: _Violations) -> None:
+    if name is not None and len(name) > NAME_MAX_LENGTH:
+        violations.add("$.name", f"must have at most {NAME_MAX_LENGTH} characters")
+
+
 def _checked_versions(versions: Sequence[str], violations: _Violations) -> list[str]:
     for index, version in enumerate(versions):
         if not _METADATA_VERSION_RE.match(version):
@@ -284,11 +294,9 @@ def _checked_versions(versions: Sequence[str], violations: _Violations) -> list[
     return list(dict.fromkeys(versions))
 
 
-def _checked_callback(zd: ZdState, callback: CallbackConfig) -> tuple[str, str]:
+async def _checked_callback(zd: ZdState, callback: CallbackConfig) -> tuple[str, str]:
     try:
-        url = check_callback_url(
-            callback.url, allow_insecure_loopback=zd.config.allows_insecure_loopback_callbacks
-        )
+        url = await check_callback_target(callback.url, zd.config)
     except AdminInputError as exc:
         raise ApiError(ApiProblems.INVALID_CALLBACK, f"callback.url: {exc}") from None
     return url, callback.secret.get_secret_value()
@@ -421,6 +429,7 @@ async def create_destination(
     violations = _Violations()
     services = _checked_services(body.services, violations)
     versions = _checked_versions(body.metadata_versions, violations)
+    _check_name(body.name, violations)
     violations.raise_if_any()
     keys = _checked_public_keys(zd, body.public_keys)
     encryption_kids = [jwk["kid"] for jwk, purpose in keys if purpose is KeyPurpose.ENCRYPTION]
@@ -431,7 +440,7 @@ async def create_destination(
         raise _unknown_encryption_kid(encryption_kid)
     callback_url = callback_secret = None
     if body.callback is not None:
-        callback_url, callback_secret = _checked_callback(zd, body.callback)
+        callback_url, callback_secret = await _checked_callback(zd, body.callback)
 
     now = zd.clock.now()
     destination = Destination(
@@ -503,12 +512,13 @@ async def replace_destination(
     violations = _Violations()
     services = _checked_services(body.services, violations)
     versions = _checked_versions(body.metadata_versions, violations)
+    _check_name(body.name, violations)
     violations.raise_if_any()
     if body.encryption_kid not in await _encryption_kids(session, destination_id):
         raise _unknown_encryption_kid(body.encryption_kid)
     callback: tuple[str, str] | tuple[None, None] = (None, None)
     if body.callback is not None:
-        callback = _checked_callback(zd, body.callback)
+        callback = await _checked_callback(zd, body.callback)
     now = zd.clock.now()
     destination.encryption_kid = body.encryption_kid
     _apply_status(destination, body.status, now)
@@ -526,22 +536,39 @@ async def replace_destination(
     return owner_view(destination)
 
 
+#: PATCH members that an explicit ``null`` may not remove (python names of DestinationPatch).
+_REQUIRED_PATCH_MEMBERS = frozenset({"status", "services", "encryption_kid", "metadata_versions"})
+
+
 async def patch_destination(
     session: AsyncSession, zd: ZdState, destination_id: str, body: DestinationPatch
 ) -> OwnerDestination:
-    """``PATCH /v1/destinations/{id}``: change only the members that were sent."""
+    """``PATCH /v1/destinations/{id}``: change only the members that were sent.
+
+    Merge-patch semantics (RFC 7396) for ``null``: an explicit ``null`` removes an optional
+    member (``callback``, ``contactInformation``, ``name``, ``replyChannels``); members every
+    destination must have (``status``, ``services``, ``encryptionKid``, ``metadataVersions``)
+    cannot be removed (422 ``invalid-request-body``). An absent member stays as it is.
+    """
     destination = await locked_destination(session, destination_id)
     _require_changeable(destination)
     changed = body.changed_fields()
+    removed = {name for name in body.model_fields_set if getattr(body, name) is None}
+    if not PATCH_NULL_REMOVES:
+        removed = set()
     violations = _Violations()
+    for name in sorted(removed & _REQUIRED_PATCH_MEMBERS):
+        alias = DestinationPatch.model_fields[name].alias or name
+        violations.add(f"$.{alias}", "cannot be removed (null); send a value or leave it out")
     services = _checked_services(body.services or [], violations)
     versions = _checked_versions(body.metadata_versions or [], violations)
+    _check_name(body.name, violations)
     violations.raise_if_any()
     if body.encryption_kid is not None and body.encryption_kid not in await _encryption_kids(
         session, destination_id
     ):
         raise _unknown_encryption_kid(body.encryption_kid)
-    callback = _checked_callback(zd, body.callback) if body.callback is not None else None
+    callback = await _checked_callback(zd, body.callback) if body.callback is not None else None
     now = zd.clock.now()
     if body.encryption_kid is not None:
         destination.encryption_kid = body.encryption_kid
@@ -553,12 +580,22 @@ async def patch_destination(
         destination.metadata_versions = versions
     if body.reply_channels is not None:
         destination.reply_channels = body.reply_channels.to_json()
+    elif "reply_channels" in removed:
+        destination.reply_channels = None
     if callback is not None:
         destination.callback_url, destination.callback_secret = callback
+    elif "callback" in removed:
+        # Pending deliveries keep their target URL but find no secret any more: they fail at
+        # once instead of being signed with nothing (workers/callbacks.py).
+        destination.callback_url = destination.callback_secret = None
     if body.contact_information is not None:
         destination.contact_information = body.contact_information.to_json()
+    elif "contact_information" in removed:
+        destination.contact_information = None
     if body.name is not None:
         destination.name = body.name
+    elif "name" in removed:
+        destination.name = None
     destination.updated_at = now
     _require_encryption_key_if_active(destination)
     await session.commit()
@@ -587,7 +624,8 @@ async def add_key(
     purpose = _checked_key(zd, jwk, "$")
     kid = str(jwk["kid"])
     conflict = ApiError(
-        KEY_ALREADY_EXISTS, f"destination {destination_id} already has a key with kid {kid!r}"
+        ApiProblems.KEY_ALREADY_EXISTS,
+        f"destination {destination_id} already has a key with kid {kid!r}",
     )
     if await session.get(DestinationKey, (destination_id, kid)) is not None:
         raise conflict

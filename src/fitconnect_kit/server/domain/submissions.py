@@ -29,7 +29,7 @@ from fitconnect_kit.protocol.api import AnnounceSubmission, SubmitSubmission
 from fitconnect_kit.protocol.events import AuthenticationTags, Event, NotifyType
 from fitconnect_kit.protocol.ids import new_id
 from fitconnect_kit.protocol.problems import ApiProblems
-from fitconnect_kit.server.admin import AdminInputError, check_callback_url
+from fitconnect_kit.server.admin import AdminInputError, check_callback_target
 from fitconnect_kit.server.compat import (
     FETCHABLE_STATUSES,
     NOTIFY_ON_POLLING,
@@ -117,10 +117,7 @@ async def announce_submission(
     callback_url = callback_secret = None
     if body.callback is not None:
         try:
-            callback_url = check_callback_url(
-                body.callback.url,
-                allow_insecure_loopback=zd.config.allows_insecure_loopback_callbacks,
-            )
+            callback_url = await check_callback_target(body.callback.url, zd.config)
         except AdminInputError as exc:
             raise ApiError(ApiProblems.INVALID_CALLBACK, f"callback.url: {exc}") from None
         callback_secret = body.callback.secret.get_secret_value()

@@ -22,8 +22,8 @@ import contextlib
 import hashlib
 import os
 import time
-from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Collection
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO, Protocol, runtime_checkable
 
@@ -196,6 +196,31 @@ class FileBlobStore:
                     removed += 1
         return removed
 
+    async def remove_unreferenced(
+        self, referenced_keys: Collection[str], *, older_than_seconds: float
+    ) -> int:
+        """Delete blobs older than ``older_than_seconds`` (mtime) whose key is not in
+        ``referenced_keys``; returns how many. File names are hashes, so the keys are hashed."""
+        keep = {hashlib.sha256(key.encode("utf-8")).hexdigest() for key in referenced_keys}
+        return await asyncio.to_thread(self._remove_unreferenced, keep, older_than_seconds)
+
+    def _remove_unreferenced(self, keep: set[str], older_than_seconds: float) -> int:
+        if not self.root.is_dir():
+            return 0
+        cutoff = time.time() - older_than_seconds
+        removed = 0
+        for path in self.root.glob("*/*/*"):
+            name = path.name
+            if len(name) != 64 or name in keep or name.startswith("."):
+                continue
+            if path.parent.name != name[2:4] or path.parent.parent.name != name[:2]:
+                continue  # not a blob of this store's layout
+            with contextlib.suppress(FileNotFoundError):
+                if path.is_file() and path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+        return removed
+
 
 def _flush_and_close(handle: BinaryIO) -> None:
     try:
@@ -298,3 +323,20 @@ class PostgresBlobStore:
         if size is None:
             raise BlobNotFoundError(key)
         return int(size)
+
+    async def remove_unreferenced(
+        self, referenced_keys: Collection[str], *, older_than_seconds: float
+    ) -> int:
+        """Delete blobs created more than ``older_than_seconds`` ago whose key is not in
+        ``referenced_keys``; returns how many (one short transaction per blob)."""
+        cutoff = datetime.now(UTC) - timedelta(seconds=older_than_seconds)
+        async with self._db.sessions() as session:
+            candidates = list(
+                await session.scalars(select(Blob.blob_key).where(Blob.created_at < cutoff))
+            )
+        removed = 0
+        for key in candidates:
+            if key not in referenced_keys:
+                await self.delete(key)
+                removed += 1
+        return removed

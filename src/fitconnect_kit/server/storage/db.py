@@ -3,18 +3,23 @@
 SQLite runs in WAL mode with a busy timeout and foreign keys on. Every SQLite transaction starts
 with ``BEGIN IMMEDIATE``: a deferred transaction that reads and later writes can fail at once with
 ``SQLITE_BUSY`` when another connection committed in between, whatever the busy timeout; taking
-the write lock up front makes concurrent requests wait instead. PostgreSQL is the choice for
-real concurrency and several nodes.
+the write lock up front makes concurrent requests wait instead. The one exception are
+:meth:`Database.read_connection` connections, which never write: no ``BEGIN`` at all, each of
+their statements reads its own consistent snapshot (in WAL mode a reader neither takes nor waits
+for the write lock). PostgreSQL is the choice for real concurrency and several nodes.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -22,6 +27,8 @@ from sqlalchemy.ext.asyncio import (
 )
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+#: Connection execution option of :meth:`Database.read_connection` (deferred BEGIN on SQLite).
+READ_ONLY_OPTION = "fitconnect_kit_read_only"
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:
@@ -40,6 +47,8 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: Any) -> None:
+        if connection.get_execution_options().get(READ_ONLY_OPTION):
+            return  # autocommit reads: every statement is its own snapshot, no write lock
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
@@ -65,6 +74,17 @@ class Database:
         self.sessions: async_sessionmaker[AsyncSession] = async_sessionmaker(
             self.engine, expire_on_commit=False
         )
+
+    @contextlib.asynccontextmanager
+    async def read_connection(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for statements that only read (no ORM session: cheaper), rolled
+        back at the end. On SQLite there is no ``BEGIN IMMEDIATE`` (no ``BEGIN`` at all): each
+        statement reads one consistent snapshot of its own and neither holds nor waits for the
+        write lock — so put what must be consistent into one statement. Never write through
+        it."""
+        async with self.engine.connect() as connection:
+            await connection.execution_options(**{READ_ONLY_OPTION: True})
+            yield connection
 
     @property
     def is_postgres(self) -> bool:

@@ -68,6 +68,8 @@ JsonType = JSON().with_variant(JSONB(), "postgresql")
 AutoIncrementId = BigInteger().with_variant(Integer(), "sqlite")
 
 ID_LENGTH = 36
+#: Longest client or destination name (``name`` columns); longer names are refused as input.
+NAME_MAX_LENGTH = 200
 
 
 class Base(DeclarativeBase):
@@ -126,7 +128,7 @@ class Client(Base):
 
     client_id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
     kind: Mapped[str] = mapped_column(String(16))
-    name: Mapped[str | None] = mapped_column(String(200))
+    name: Mapped[str | None] = mapped_column(String(NAME_MAX_LENGTH))
     #: ``scrypt$<params>$<salt>$<hash>`` (see ``server/auth.py``); the secret itself is never kept.
     secret_hash: Mapped[str] = mapped_column(String(255))
     scopes: Mapped[list[str]] = mapped_column(JsonType)
@@ -142,7 +144,7 @@ class Destination(Base):
 
     destination_id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
     status: Mapped[str] = mapped_column(String(20))
-    name: Mapped[str | None] = mapped_column(String(200))
+    name: Mapped[str | None] = mapped_column(String(NAME_MAX_LENGTH))
     #: ``[{"identifier", "submissionSchemas": [{"schemaUri","mimeType"}], "regions",
     #: "replyChannels"?}]`` in wire form.
     services: Mapped[list[dict[str, Any]]] = mapped_column(JsonType)

@@ -23,6 +23,18 @@ at the latest every ``workers.callback_interval``), so a hanging receiver delays
 pass ends when nothing is in flight and nothing is due. Delivery is at-least-once: a node that
 crashes after sending and before recording causes one more request once its lease expired.
 
+**Shutdown**: once the registry is stopping, the pass claims nothing new and gives the requests
+in flight ``workers.shutdown_grace`` seconds to finish and be recorded. Deliveries it still holds
+when it is cancelled — claimed but not sent yet, or interrupted mid-request — get their lease
+released at once (``locked_until``/``locked_by`` cleared, the attempt not counted), so another
+node delivers them on its next pass instead of waiting for the lease to expire. An interrupted
+request may have reached the receiver: that is the at-least-once duplicate a crash would cause
+too, only sooner.
+
+**SSRF guard** (``callbacks.block_private_addresses``, ``server/callback_guard.py``): the HTTP
+client connects only to public addresses it resolved and checked itself; a target that is (or
+resolves to) a private, loopback or link-local address fails at once, without retries.
+
 Nothing here logs callback secrets, bodies or full URLs (only the host).
 """
 
@@ -33,7 +45,7 @@ import contextlib
 import ipaddress
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -46,6 +58,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from fitconnect_kit import __version__
 from fitconnect_kit.protocol.callbacks import sign_callback
 from fitconnect_kit.protocol.events import Event, NotifyType
+from fitconnect_kit.server.callback_guard import (
+    callback_ssl_context,
+    guarded_transport,
+    is_guard_refusal,
+)
 from fitconnect_kit.server.compat import CALLBACK_BACKOFF_JITTER, CALLBACK_USER_AGENT
 from fitconnect_kit.server.config import CallbackConfig
 from fitconnect_kit.server.domain.eventlog import append_zd_event
@@ -231,6 +248,8 @@ class CallbackPassResult:
     failed: int = 0
     #: Deliveries whose lease another node took over before the result was recorded.
     lost: int = 0
+    #: Deliveries handed back unsent or interrupted on shutdown (lease released).
+    released: int = 0
 
 
 @dataclass(frozen=True)
@@ -240,7 +259,9 @@ class _Outcome:
     final: bool = False  # fail without retrying
 
 
-async def _send(zd: ZdState, client: httpx.AsyncClient, job: _Job) -> _Outcome:
+async def _send(
+    zd: ZdState, client: httpx.AsyncClient, job: _Job, started: set[int] | None = None
+) -> _Outcome:
     refusal = callback_url_refusal(
         job.url, allow_insecure_loopback=zd.config.allows_insecure_loopback_callbacks
     )
@@ -254,6 +275,8 @@ async def _send(zd: ZdState, client: httpx.AsyncClient, job: _Job) -> _Outcome:
         **sign_callback(job.body, job.secret, clock=zd.clock),
     }
     timeout = zd.config.callbacks.request_timeout
+    if started is not None:
+        started.add(job.id)
     try:
         async with (
             asyncio.timeout(timeout),
@@ -265,6 +288,9 @@ async def _send(zd: ZdState, client: httpx.AsyncClient, job: _Job) -> _Outcome:
     except httpx.TimeoutException:
         return _Outcome(False, f"no response within {timeout:g} s")
     except httpx.HTTPError as exc:
+        guard = is_guard_refusal(exc)
+        if guard is not None:
+            return _Outcome(False, guard, final=True)
         return _Outcome(False, f"request failed: {type(exc).__name__}")
     if 200 <= status < 300:
         return _Outcome(True)
@@ -385,23 +411,57 @@ async def _record(zd: ZdState, job: _Job, outcome: _Outcome, result: CallbackPas
 
 
 async def _deliver(
-    zd: ZdState, client: httpx.AsyncClient, job: _Job, result: CallbackPassResult
+    zd: ZdState,
+    client: httpx.AsyncClient,
+    job: _Job,
+    result: CallbackPassResult,
+    started: set[int] | None = None,
 ) -> None:
-    outcome = await _send(zd, client, job)
+    outcome = await _send(zd, client, job, started)
     await _record(zd, job, outcome, result)
 
 
+async def release_leases(zd: ZdState, ids: Collection[int]) -> int:
+    """Give up this node's leases on ``ids`` (still pending) without counting an attempt."""
+    if not ids:
+        return 0
+    async with zd.sessions() as session, session.begin():
+        released = list(
+            await session.scalars(
+                update(CallbackDelivery)
+                .where(
+                    CallbackDelivery.id.in_(sorted(ids)),
+                    CallbackDelivery.status == DeliveryStatus.PENDING.value,
+                    CallbackDelivery.locked_by == zd.node_id,
+                )
+                .values(locked_until=None, locked_by=None)
+                .returning(CallbackDelivery.id)
+                .execution_options(synchronize_session=False)
+            )
+        )
+    return len(released)
+
+
 def make_http_client(zd: ZdState) -> httpx.AsyncClient:
-    """The HTTP client of one pass: no redirects, no proxies from the environment."""
+    """The HTTP client of one pass: no redirects, no proxies from the environment; with the
+    SSRF guard on, connections only to public addresses (``callback_guard.py``)."""
     config = zd.config.callbacks
+    limits = httpx.Limits(
+        max_connections=config.max_concurrency,
+        max_keepalive_connections=config.max_concurrency,
+    )
+    transport = (
+        guarded_transport(max_connections=config.max_concurrency)
+        if zd.config.blocks_private_callback_targets
+        else None
+    )
     return httpx.AsyncClient(
         timeout=httpx.Timeout(config.request_timeout),
         follow_redirects=False,
         trust_env=False,
-        limits=httpx.Limits(
-            max_connections=config.max_concurrency,
-            max_keepalive_connections=config.max_concurrency,
-        ),
+        verify=callback_ssl_context(),  # built once per process, not per pass
+        limits=limits,
+        transport=transport,
     )
 
 
@@ -410,24 +470,26 @@ async def run_callbacks_pass(zd: ZdState) -> CallbackPassResult:
     result = CallbackPassResult()
     capacity = zd.config.callbacks.max_concurrency
     poll = zd.config.workers.callback_interval
-    in_flight: set[asyncio.Task[None]] = set()
+    in_flight: dict[asyncio.Task[None], int] = {}
+    started: set[int] = set()
     async with make_http_client(zd) as client:
         try:
             while True:
-                jobs = await claim_due(zd, capacity - len(in_flight))
+                stopping = zd.workers.stopping
+                jobs = [] if stopping else await claim_due(zd, capacity - len(in_flight))
                 result.claimed += len(jobs)
                 for job in jobs:
-                    in_flight.add(
-                        asyncio.create_task(
-                            _deliver(zd, client, job, result), name=f"zd-callback-{job.id}"
-                        )
+                    task = asyncio.create_task(
+                        _deliver(zd, client, job, result, started), name=f"zd-callback-{job.id}"
                     )
+                    in_flight[task] = job.id
                 if not in_flight:
                     break
-                done, in_flight = await asyncio.wait(
+                done, _pending = await asyncio.wait(
                     in_flight, timeout=poll, return_when=asyncio.FIRST_COMPLETED
                 )
                 for task in done:
+                    del in_flight[task]
                     exc = task.exception()
                     if exc is not None:
                         # The lease expires and another pass retries the delivery.
@@ -437,9 +499,36 @@ async def run_callbacks_pass(zd: ZdState) -> CallbackPassResult:
                             type(exc).__name__,
                         )
         finally:
+            unfinished = [job_id for task, job_id in in_flight.items() if not task.done()]
             for task in in_flight:
                 task.cancel()
             for task in in_flight:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+            if unfinished:
+                await _release_on_exit(zd, unfinished, started, result)
     return result
+
+
+async def _release_on_exit(
+    zd: ZdState, unfinished: list[int], started: set[int], result: CallbackPassResult
+) -> None:
+    """Hand back the deliveries a cancelled pass still held (see "Shutdown" above)."""
+    try:
+        result.released += await asyncio.shield(release_leases(zd, unfinished))
+    except BaseException as exc:  # the lease simply expires instead
+        logger.warning(
+            "could not release %d callback lease(s) (%s); they expire instead",
+            len(unfinished),
+            type(exc).__name__,
+        )
+        if not isinstance(exc, Exception):
+            raise
+        return
+    interrupted = sum(1 for job_id in unfinished if job_id in started)
+    logger.info(
+        "shutdown: released %d callback lease(s) (%d not sent yet, %d interrupted)",
+        len(unfinished),
+        len(unfinished) - interrupted,
+        interrupted,
+    )
