@@ -517,7 +517,19 @@ async def test_wait_polls_until_final() -> None:
         report = await sender.wait(sent, poll_interval=2, max_interval=3)
     assert report.accepted
     assert polls == 3
-    assert sleep.delays == [2, 3]
+    assert sleep.delays == [2, 3, 3]  # just sent: the first poll comes after a pause
+
+
+async def test_wait_polls_an_older_submission_at_once() -> None:
+    zd = FakeZustelldienst()
+    sleep = RecordingSleep(zd.clock)
+    async with sender_for(zd, sleep=sleep) as sender:
+        sent = await send_simple(zd, sender)
+        zd.accept(sent.submission_id)
+        zd.clock.advance(60)
+        report = await sender.wait(sent, poll_interval=2)
+    assert report.accepted
+    assert sleep.delays == []
 
 
 async def test_wait_times_out() -> None:

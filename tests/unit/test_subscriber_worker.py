@@ -269,3 +269,61 @@ async def test_run_ends_when_the_stop_event_is_set(tmp_path: Path) -> None:
     stop.set()
     await asyncio.wait_for(runner, timeout=10)
     await close(worker)
+
+
+async def test_concurrent_passes_decide_each_submission_once(tmp_path: Path) -> None:
+    zd = SubscriberZD()
+    sent = [await send_plan(zd, base_plan(zd)) for _ in range(4)]
+    bad = await send_plan(zd, base_plan(zd, wrong_data_hash=True))
+    in_flight = 0
+    most = 0
+    seen: list[str] = []
+
+    async def handler(received: ReceivedSubmission) -> None:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        await asyncio.sleep(0.05)  # the handlers overlap
+        seen.append(received.submission_id)
+        in_flight -= 1
+
+    worker = worker_for(zd, tmp_path, handler, concurrency=3)
+    report = await worker.run_once()
+    assert sorted(report.accepted) == sorted(s.submission_id for s in sent)
+    assert report.rejected == [bad.submission_id]
+    assert most == 3  # never more than `concurrency` at once
+    assert sorted(seen) == sorted([*(s.submission_id for s in sent), bad.submission_id])
+    assert sorted(decisions(zd)) == sorted(
+        [(s.submission_id, "accept-submission") for s in sent]
+        + [(bad.submission_id, "reject-submission")]
+    )
+    assert (await worker.run_once()).processed == 0
+    await close(worker)
+
+
+async def test_a_crash_in_a_concurrent_pass_stops_it_and_is_raised(tmp_path: Path) -> None:
+    zd = SubscriberZD()
+    first_sent = await send_plan(zd, base_plan(zd))
+    others = [await send_plan(zd, base_plan(zd)) for _ in range(3)]
+
+    def crash(stage: Stage, submission_id: str) -> None:
+        if stage is Stage.HANDLED and submission_id == first_sent.submission_id:
+            raise Crash(stage)
+
+    handler = Handler()
+    worker = worker_for(zd, tmp_path, handler, on_step=crash, concurrency=2)
+    with pytest.raises(Crash):
+        await worker.run_once()
+    await close(worker)
+    # A restart finishes everything, each submission decided once.
+    again = worker_for(zd, tmp_path, handler, concurrency=2)
+    await again.run_once()
+    every = [first_sent.submission_id, *(s.submission_id for s in others)]
+    assert sorted(handler.seen) == sorted(every)
+    assert sorted(decisions(zd)) == sorted((sid, "accept-submission") for sid in every)
+    await close(again)
+
+
+def test_concurrency_must_be_positive(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="concurrency"):
+        worker_for(SubscriberZD(), tmp_path, concurrency=0)

@@ -6,6 +6,7 @@ The logic lives in :mod:`fitconnect_kit.devstack` and :mod:`fitconnect_kit.demo.
 
 from __future__ import annotations
 
+import enum
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -25,6 +26,12 @@ dev_app = typer.Typer(
     help="A complete local FIT-Connect: token service + Zustelldienst + demo Fachverfahren.",
     invoke_without_command=True,
 )
+
+
+class BlobStoreChoice(enum.StrEnum):
+    FILESYSTEM = "filesystem"
+    POSTGRES = "postgres"
+
 
 DataDirOption = Annotated[Path, typer.Option("--data-dir", help=DATA_DIR_HELP, file_okay=False)]
 
@@ -48,6 +55,25 @@ def dev_command(
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="Only the welcome text, warnings and errors.")
     ] = False,
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            "--database-url",
+            envvar="FITCONNECT_DEV_DATABASE_URL",
+            help="Use this database instead of the SQLite file in the data directory, e.g. "
+            "postgresql+asyncpg://postgres@127.0.0.1:5432/fitconnect_dev (an empty database "
+            "or one made by `fitconnect dev` with this data directory; put a password in "
+            "PGPASSWORD or ~/.pgpass, not on the command line).",
+        ),
+    ] = None,
+    blob_store: Annotated[
+        BlobStoreChoice,
+        typer.Option(
+            "--blob-store",
+            help="Where attachments live: files in the data directory, or in the PostgreSQL "
+            "database (needs --database-url postgresql+asyncpg://…).",
+        ),
+    ] = BlobStoreChoice.FILESYSTEM,
 ) -> None:
     """Run a complete local FIT-Connect: token service + Zustelldienst + demo Fachverfahren.
 
@@ -66,6 +92,8 @@ def dev_command(
         with_subscriber=with_subscriber,
         quiet=quiet,
         configure_logging=True,
+        database_url=database_url or None,
+        blob_store=blob_store.value,
     )
     DevStack(options).run()
 

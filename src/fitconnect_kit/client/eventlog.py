@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -58,6 +59,8 @@ log = logging.getLogger("fitconnect_kit.client.eventlog")
 
 JWKS_TTL_SECONDS = 3600.0
 _JWKS_MIN_REFETCH_SECONDS = 30.0
+#: Verified SETs remembered (a status poll re-reads the whole log; only new SETs need work).
+VERIFIED_CACHE_SIZE = 4096
 
 
 @dataclass(frozen=True)
@@ -140,6 +143,11 @@ class EventLogReader:
         self._jwks: Mapping[str, Any] | None = None
         self._jwks_fetched_at = 0.0
         self._dest_keys: dict[tuple[str, str], RSAPublicKey] = {}
+        # (token, expected case, expected destination) → (verified at, event, receiver issuer):
+        # a token verifies the same way every time; entries expire with the JWKS TTL.
+        self._verified: OrderedDict[
+            tuple[str, str | None, str | None], tuple[float, VerifiedEvent, str | None]
+        ] = OrderedDict()
 
     # --- fetching ----------------------------------------------------------------------------
 
@@ -235,6 +243,16 @@ class EventLogReader:
 
     # --- verification --------------------------------------------------------------------------
 
+    def _remember(
+        self,
+        key: tuple[str, str | None, str | None],
+        event: VerifiedEvent,
+        receiver_issuer: str | None,
+    ) -> None:
+        self._verified[key] = (time.monotonic(), event, receiver_issuer)
+        while len(self._verified) > VERIFIED_CACHE_SIZE:
+            self._verified.popitem(last=False)
+
     async def verify(
         self,
         tokens: Sequence[str],
@@ -245,13 +263,24 @@ class EventLogReader:
         """Verify every SET; raise :class:`EventLogVerificationError` listing all failures.
 
         ``destination_id``: the destination that must have issued every receiver SET. Without
-        it, all receiver SETs must at least come from one and the same destination.
+        it, all receiver SETs must at least come from one and the same destination. A token
+        verified before (same expected case and destination, within the JWKS TTL) is not
+        verified again — status polls re-read the whole log.
         """
         verified: list[VerifiedEvent] = []
         problems: list[str] = []
         receiver_issuers: set[str] = set()
         expected_dest = parse_uuid(destination_id) if destination_id else None
+        now = time.monotonic()
         for index, token in enumerate(tokens):
+            cache_key = (token, case_id, expected_dest)
+            hit = self._verified.get(cache_key)
+            if hit is not None and now - hit[0] < self.jwks_ttl:
+                self._verified.move_to_end(cache_key)
+                if hit[2] is not None:
+                    receiver_issuers.add(hit[2])
+                verified.append(hit[1])
+                continue
             where = f"event #{index + 1}"
             try:
                 parsed = parse_set(token)
@@ -264,6 +293,7 @@ class EventLogReader:
                     jwks = await self._jwks_for(parsed.kid)
                     st = verify_set_with_jwks(token, jwks, expected_case_id=case_id)
                     verified.append(VerifiedEvent(st, "zustelldienst"))
+                    self._remember(cache_key, verified[-1], None)
                 else:
                     issuer = parse_uuid(parsed.issuer)
                     if expected_dest is not None and issuer != expected_dest:
@@ -276,6 +306,7 @@ class EventLogReader:
                     key = await self.destination_signing_key(issuer, parsed.kid)
                     st = verify_set(token, key, expected_case_id=case_id, expected_issuer=issuer)
                     verified.append(VerifiedEvent(st, "destination"))
+                    self._remember(cache_key, verified[-1], issuer)
             except NotFoundError as exc:
                 problems.append(f"{where}: verification key not found: {exc}")
             except (ConfigurationError, ApiError, TransportError):

@@ -27,6 +27,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, BinaryIO, Self
@@ -97,6 +98,11 @@ log = logging.getLogger("fitconnect_kit.client.sender")
 
 METADATA_CTY = "application/json"
 CHUNK_SIZE = 1 << 20
+#: Seconds a successful destination check is reused by :meth:`AsyncSender.send` (0: check before
+#: every submission). A failed send drops it, so the next send checks afresh.
+DESTINATION_CHECK_TTL_SECONDS = 60.0
+#: First pause of :meth:`AsyncSender.wait` between polls (it grows ×1.5 up to ``max_interval``).
+WAIT_POLL_INTERVAL = 0.25
 FINAL_STATES = frozenset(
     {SubmissionStatus.ACCEPTED, SubmissionStatus.REJECTED, SubmissionStatus.DELETED}
 )
@@ -149,6 +155,9 @@ class SentSubmission:
     authentication_tags: AuthenticationTags
     attachment_ids: tuple[str, ...] = ()
     metadata: dict[str, Any] = field(default_factory=dict, repr=False)
+    #: When it was submitted (the sender's clock); :meth:`AsyncSender.wait` does not poll a
+    #: submission that young at once (nobody can have decided yet).
+    sent_at: datetime | None = field(default=None, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -434,7 +443,10 @@ class AsyncSender:
 
     ``transport`` injects an ``httpx.AsyncBaseTransport`` (tests, proxies); ``trust_policy``
     overrides the environment's policy for destination keys; ``clock``, ``sleep`` and ``rand``
-    make time and jitter deterministic in tests.
+    make time and jitter deterministic in tests. ``destination_check_ttl``: seconds for which
+    :meth:`send` reuses a passed destination check (status, service, schema, reply channel,
+    metadata version, validated encryption key) for further submissions to the same
+    destination; 0 checks before every submission.
     """
 
     def __init__(
@@ -452,11 +464,14 @@ class AsyncSender:
         sleep: Sleep | None = None,
         rand: Any = None,
         profile: Profile | None = None,
+        destination_check_ttl: float = DESTINATION_CHECK_TTL_SECONDS,
     ) -> None:
         self.environment = environment
         self.profile = profile
         self.clock = clock
         self.limits = limits or Limits()
+        self.destination_check_ttl = destination_check_ttl
+        self._checked: dict[tuple[Any, ...], tuple[datetime, CheckedDestination]] = {}
         self._sleep: Sleep = sleep or asyncio.sleep
         self._trust_override = trust_policy
         self._trust_cached: TrustPolicy | None = None
@@ -758,17 +773,48 @@ class AsyncSender:
     ) -> SentSubmission:
         """Check the destination, announce, upload attachments, submit.
 
+        A passed destination check is reused for ``destination_check_ttl`` seconds (see the
+        class); a failed send discards it.
         ``progress(attachment_id, bytes_done, bytes_total)`` is called while attachments are
         uploaded (encrypted bytes). If anything fails after the announcement, the exception
         carries a note with the submission id; the Zustelldienst deletes incomplete
         submissions after one day.
         """
-        checked = await self.check_destination(
+        check_key = (
             submission.destination_id,
-            service=submission.service.identifier,
-            data_schema=submission.data_schema,
-            reply_channel=submission.reply_channel,
+            submission.service.identifier,
+            submission.data_schema,
+            submission.reply_channel,
         )
+        try:
+            checked = await self._checked_destination(check_key)
+            return await self._send_checked(submission, checked, progress)
+        except BaseException:
+            # Whatever went wrong (e.g. the destination was deactivated or its key rotated):
+            # the next submission checks the destination afresh.
+            self._checked.pop(check_key, None)
+            raise
+
+    async def _checked_destination(self, key: tuple[Any, ...]) -> CheckedDestination:
+        """:meth:`check_destination`, reused for ``destination_check_ttl`` seconds."""
+        now = self.clock.now()
+        cached = self._checked.get(key)
+        if cached is not None and (now - cached[0]).total_seconds() < self.destination_check_ttl:
+            return cached[1]
+        destination_id, service, data_schema, reply_channel = key
+        checked = await self.check_destination(
+            destination_id, service=service, data_schema=data_schema, reply_channel=reply_channel
+        )
+        if self.destination_check_ttl > 0:
+            self._checked[key] = (now, checked)
+        return checked
+
+    async def _send_checked(
+        self,
+        submission: Submission,
+        checked: CheckedDestination,
+        progress: ProgressCallback | None,
+    ) -> SentSubmission:
         submission.check_metadata(checked.metadata_version)
         self._check_pre_encrypted(submission, checked)
         plan = await asyncio.to_thread(self._plan_uploads, submission, checked)
@@ -960,6 +1006,7 @@ class AsyncSender:
             authentication_tags=sent_tags,
             attachment_ids=tuple(spec.attachment_id for spec, _, _ in plan),
             metadata=metadata,
+            sent_at=self.clock.now(),
         )
 
     async def _upload_attachment(
@@ -1207,16 +1254,26 @@ class AsyncSender:
         submission_id: str | None = None,
         destination_id: str | None = None,
         timeout: float = 600.0,  # noqa: ASYNC109 - a polling budget, not a cancellation scope
-        poll_interval: float = 2.0,
+        poll_interval: float = WAIT_POLL_INTERVAL,
         max_interval: float = 30.0,
     ) -> StatusReport:
         """Poll :meth:`status` with growing intervals until a final state or ``timeout``.
+
+        The pauses start at ``poll_interval`` (an automatic receiver often decides within a
+        second) and grow ×1.5 up to ``max_interval``; ten minutes of waiting cost 30 polls. A
+        :class:`SentSubmission` sent less than ``poll_interval`` ago is first polled after one
+        pause (at once it could only be ``submitted``).
 
         Raises :class:`~fitconnect_kit.client.errors.WaitTimeoutError` (with the last report)
         when the submission is not accepted, rejected or deleted in time.
         """
         start = self.clock.now()
         interval = max(0.1, poll_interval)
+        sent_at = target.sent_at if isinstance(target, SentSubmission) else None
+        if sent_at is not None and (start - sent_at).total_seconds() < interval:
+            # Just submitted: a poll now would only find it submitted. Pause first.
+            await self._sleep(min(interval, max(0.0, timeout)))
+            interval = min(max_interval, interval * 1.5)
         while True:
             report = await self.status(
                 target, submission_id=submission_id, destination_id=destination_id
@@ -1385,7 +1442,7 @@ class Sender:
         submission_id: str | None = None,
         destination_id: str | None = None,
         timeout: float = 600.0,
-        poll_interval: float = 2.0,
+        poll_interval: float = WAIT_POLL_INTERVAL,
         max_interval: float = 30.0,
     ) -> StatusReport:
         return self._portal.call(

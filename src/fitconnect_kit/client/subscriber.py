@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import mimetypes
 import os
@@ -29,6 +30,7 @@ import tempfile
 import time
 import unicodedata
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
@@ -126,6 +128,8 @@ DATA_FILES = {"application/json": "data.json", "application/xml": "data.xml"}
 DATA_FILE_FALLBACK = "data.bin"
 RESERVED_FILE_NAMES = frozenset({METADATA_FILE, DATA_FILE_FALLBACK, *DATA_FILES.values()})
 DESTINATION_TTL_SECONDS = 300.0
+#: Threads decrypting streamed attachments at once (per subscriber; more downloads queue).
+DOWNLOAD_THREADS = 32
 _HEAD_BYTES = 8192
 _TAIL_BYTES = 64
 _MAX_FILENAME_BYTES = 200
@@ -611,6 +615,7 @@ class AsyncSubscriber:
         self._events = EventLogReader(self._core, trust_policy=self.trust_policy, clock=clock)
         self._destinations: dict[str, tuple[float, PublicDestination]] = {}
         self._known_keys: dict[tuple[str, str], bool] = {}
+        self._download_threads: ThreadPoolExecutor | None = None
 
     @classmethod
     def from_config(
@@ -643,6 +648,21 @@ class AsyncSubscriber:
     async def aclose(self) -> None:
         """Close the HTTP client (if the subscriber created it)."""
         await self._core.aclose()
+        if self._download_threads is not None:
+            self._download_threads.shutdown(wait=False)
+            self._download_threads = None
+
+    def _download_executor(self) -> ThreadPoolExecutor:
+        """Threads for streamed decryption. Such a thread blocks until the event loop hands
+        it the next block, so it must not come from the loop's default executor: when every
+        default thread waited like that, nothing could produce the blocks if producing them
+        needs a default thread too (e.g. our Zustelldienst reading blob files in the same
+        process, as in ``fitconnect dev``) — a deadlock until the read timeout."""
+        if self._download_threads is None:
+            self._download_threads = ThreadPoolExecutor(
+                max_workers=DOWNLOAD_THREADS, thread_name_prefix="fitconnect-download"
+            )
+        return self._download_threads
 
     async def __aenter__(self) -> Self:
         return self
@@ -897,13 +917,16 @@ class AsyncSubscriber:
                 ) as response:
                     blocks = _Blocks(response)
                     try:
-                        result = await asyncio.to_thread(
-                            jwe.decrypt_to_path,
-                            blocks.blocking(loop),
-                            target,
-                            keys,
-                            chunk_size=DOWNLOAD_BLOCK,
-                            max_plaintext_size=max_plaintext_size,
+                        result = await loop.run_in_executor(
+                            self._download_executor(),
+                            functools.partial(
+                                jwe.decrypt_to_path,
+                                blocks.blocking(loop),
+                                target,
+                                keys,
+                                chunk_size=DOWNLOAD_BLOCK,
+                                max_plaintext_size=max_plaintext_size,
+                            ),
                         )
                     except JoseError as exc:
                         # Read the rest: the tag at the very end is still compared with the ZD's.
@@ -1242,7 +1265,8 @@ class AsyncSubscriber:
         payload: Mapping[str, Any],
     ) -> PostedEvent:
         """Build, sign and post a receiver SET."""
-        token = self.build_event(
+        token = await asyncio.to_thread(
+            self.build_event,
             event,
             submission_id=submission_id,
             case_id=case_id,
@@ -1301,9 +1325,10 @@ class AsyncSubscriber:
         Refuses (:class:`SubmissionInvalidError`) a submission that is not valid unless
         ``force``.
         """
-        return await self.post_event_token(
-            self.decision_token(received, Event.ACCEPT_SUBMISSION, force=force)
+        token = await asyncio.to_thread(
+            self.decision_token, received, Event.ACCEPT_SUBMISSION, force=force
         )
+        return await self.post_event_token(token)
 
     async def reject(
         self, received: ReceivedSubmission, problems: Sequence[ProblemInput] | None = None
@@ -1313,13 +1338,15 @@ class AsyncSubscriber:
         Problems are :class:`~fitconnect_kit.protocol.problems.Problem` objects,
         ``(RejectProblems.X, instance)`` or names like ``"schema-violation:data"``.
         """
-        return await self.post_event_token(
-            self.decision_token(received, Event.REJECT_SUBMISSION, problems)
+        token = await asyncio.to_thread(
+            self.decision_token, received, Event.REJECT_SUBMISSION, problems
         )
+        return await self.post_event_token(token)
 
     async def forward(self, received: ReceivedSubmission) -> PostedEvent:
         """Post ``forward-submission`` (an intermediary passed the submission on)."""
-        return await self.post_event_token(self.decision_token(received, Event.FORWARD_SUBMISSION))
+        token = await asyncio.to_thread(self.decision_token, received, Event.FORWARD_SUBMISSION)
+        return await self.post_event_token(token)
 
 
 def _profile_defaults(profile: Profile | None, options: dict[str, Any], load_keys: bool) -> None:

@@ -43,7 +43,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -247,6 +247,9 @@ class SubscriberWorker:
     ``out_dir``: received submissions go to ``out_dir/<submissionId>/``. ``poll_interval``:
     seconds between passes when no callback wakes the worker. ``on_step(stage, submission_id)``
     is called after each recorded step (monitoring; tests use it to simulate crashes).
+    ``concurrency``: how many submissions are processed at once (default 1, one after the
+    other); more overlap the network round trips and the decryption of several submissions —
+    the handler is then called concurrently too (sync handlers in several threads).
     """
 
     def __init__(
@@ -260,7 +263,10 @@ class SubscriberWorker:
         poll_interval: float = DEFAULT_POLL_INTERVAL,
         max_attempts: int = 20,
         on_step: Callable[[Stage, str], None] | None = None,
+        concurrency: int = 1,
     ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
         self.subscriber = subscriber
         self.handler = handler
         self.store = StateStore(state_path)
@@ -269,6 +275,7 @@ class SubscriberWorker:
         self.poll_interval = poll_interval
         self.max_attempts = max_attempts
         self.on_step = on_step
+        self.concurrency = concurrency
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
@@ -340,27 +347,77 @@ class SubscriberWorker:
     # --- one pass --------------------------------------------------------------------------------
 
     async def run_once(self) -> PassReport:
-        """Finish what an earlier run left unfinished, then process every pending submission."""
+        """Finish what an earlier run left unfinished, then process every pending submission
+        (up to ``concurrency`` at a time)."""
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
         report = PassReport()
+        pending = self._pending()
+        try:
+            if self.concurrency == 1:
+                async for sid, case_id in pending:
+                    await self._process(sid, case_id, report)
+            else:
+                await self._process_concurrently(pending, report)
+        finally:
+            await pending.aclose()
+        return report
+
+    async def _pending(self) -> AsyncGenerator[tuple[str, str], None]:
+        """``(submission id, case id)``: unfinished ones first, then the destination's list."""
         done: set[str] = set()
         for record in await asyncio.to_thread(self.store.unfinished):
             if self._stopping:
-                return report
+                return
             done.add(record.submission_id)
-            await self._process(record.submission_id, record.case_id, report)
+            yield record.submission_id, record.case_id
         async for item in self.subscriber.iter_submissions(self.destination_id):
             if self._stopping:
-                break
+                return
             if item.submission_id in done:
                 continue
             done.add(item.submission_id)
             existing = await asyncio.to_thread(self.store.get, item.submission_id)
             if existing is not None and existing.stage in (Stage.POSTED, Stage.FAILED):
                 continue
-            await self._process(item.submission_id, item.case_id, report)
-        return report
+            yield item.submission_id, item.case_id
+
+    async def _process_concurrently(
+        self, pending: AsyncIterator[tuple[str, str]], report: PassReport
+    ) -> None:
+        """Up to ``concurrency`` submissions at once; the first exception that escapes
+        :meth:`_process` (e.g. cancellation) stops the pass and is raised once the others end."""
+        slots = asyncio.Semaphore(self.concurrency)
+        tasks: set[asyncio.Task[None]] = set()
+        escaped: list[BaseException] = []
+
+        async def one(sid: str, case_id: str) -> None:
+            try:
+                await self._process(sid, case_id, report)
+            except BaseException as exc:  # handed to the pass, raised below
+                escaped.append(exc)
+            finally:
+                slots.release()
+
+        try:
+            async for sid, case_id in pending:
+                await slots.acquire()
+                if escaped or self._stopping:
+                    slots.release()
+                    break
+                task = asyncio.create_task(one(sid, case_id), name=f"fitconnect-receive-{sid}")
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+        except BaseException as exc:
+            if not isinstance(exc, Exception):  # cancelled: so are the submissions in flight
+                for task in tasks:
+                    task.cancel()
+            raise  # a failed listing: after the submissions in flight are finished
+        finally:
+            if tasks:
+                await asyncio.wait(set(tasks))
+        if escaped:
+            raise escaped[0]
 
     def _step(self, stage: Stage, submission_id: str) -> None:
         if self.on_step is not None:
@@ -479,7 +536,9 @@ class SubscriberWorker:
             payload = {"problems": [Problem.model_validate(p) for p in decision["problems"]]}
             if received.get("tagsConfirmed"):
                 payload["authenticationTags"] = tags
-        token = self.subscriber.build_event(
+        # Signing (RSA-4096) in a thread: cryptography releases the GIL, the loop goes on.
+        token = await asyncio.to_thread(
+            self.subscriber.build_event,
             event,
             submission_id=record.submission_id,
             case_id=record.case_id,

@@ -38,6 +38,8 @@ logger = logging.getLogger("fitconnect_kit.dev.fachverfahren")
 
 #: Seconds between polls when no callback arrives.
 POLL_INTERVAL = 60.0
+#: Submissions received at once (overlaps their network round trips and decryption).
+CONCURRENCY = 8
 STATE_FILE = "state.sqlite3"
 DECISION_FILE = "decision.json"
 
@@ -79,6 +81,7 @@ class DemoFachverfahren:
             out_dir=out_dir,
             poll_interval=poll_interval,
             on_step=self._on_step,
+            concurrency=CONCURRENCY,
         )
         self.callback_app: Any = (
             CallbackApp(callback_secret, on_new_submissions=self.worker.notify)
