@@ -272,7 +272,11 @@ def _uuid_text() -> st.SearchStrategy[str]:
 
 
 _TEXT = st.text(max_size=12)
-_URNS = st.from_regex(r"\Aurn:[a-z0-9][a-z0-9-]{0,8}:[a-z0-9()+,.:=@;$_!*'%/?#-]{1,20}\Z")
+# At most one "#": it starts the fragment, which may not contain another (RFC 3986 §3.5).
+_URNS = st.from_regex(
+    r"\Aurn:[a-z0-9][a-z0-9-]{0,8}:[a-z0-9()+,.:=@;$_!*'%/?-]{1,20}"
+    r"(?:#[a-z0-9()+,.:=@;$_!*'%/?-]{0,10})?\Z"
+)
 _URIS = st.one_of(
     urls(),
     _URNS.map(lambda u: u.replace("%", "%25")),
