@@ -12,10 +12,18 @@ Exit codes of every ``fitconnect`` command:
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import BinaryIO, NoReturn
+from typing import TYPE_CHECKING, Annotated, BinaryIO, NoReturn
 
+import typer
+from rich import box
 from rich.console import Console
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from fitconnect_kit.client.eventlog import VerifiedEvent
+    from fitconnect_kit.protocol.problems import Problem
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -25,6 +33,8 @@ EXIT_NOT_FOUND = 4
 
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 stdout = Console(highlight=False, soft_wrap=True)
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 
 
 class CliError(Exception):
@@ -72,3 +82,26 @@ def read_text_file(path: Path, what: str) -> str:
         fail(f"{what} not found: {path}", EXIT_NOT_FOUND)
     except UnicodeDecodeError:
         fail(f"{what} is not UTF-8 text: {path}", EXIT_CHECK_FAILED)
+
+
+def print_event_table(
+    case_id: str, events: Iterable[VerifiedEvent], details: Callable[[VerifiedEvent], str]
+) -> None:
+    """The verified event log of a case as a table (``status`` and ``events``)."""
+    table = Table(title=f"event log of case {case_id}", title_justify="left", box=box.SIMPLE)
+    table.add_column("time (UTC)", no_wrap=True)
+    table.add_column("event", no_wrap=True)
+    table.add_column("issuer", no_wrap=True)
+    table.add_column("details", overflow="fold")
+    for event in events:
+        issuer = "Zustelldienst" if event.signer == "zustelldienst" else "Zustellpunkt"
+        table.add_row(
+            event.issued_at.strftime("%Y-%m-%d %H:%M:%S"), event.name, issuer, details(event)
+        )
+    stdout.print(table)
+
+
+def print_problem(problem: Problem) -> None:
+    """One line for a problem of a rejection (its text is the receiver's, printed verbatim)."""
+    where = f" [{problem.instance}]" if problem.instance else ""
+    stdout.print(f"  - {problem.title}{where}: {problem.detail or ''}", markup=False)

@@ -18,13 +18,15 @@ import typer
 from fitconnect_kit.cli._common import (
     EXIT_NOT_FOUND,
     EXIT_USAGE,
+    JsonOption,
     fail,
     read_text_file,
     stdout,
 )
+from fitconnect_kit.cli.serve import ConfigOption, config_path
 from fitconnect_kit.protocol.errors import FitConnectError
 from fitconnect_kit.protocol.ids import parse_service_identifier
-from fitconnect_kit.server.config import CONFIG_PATH_ENV, ConfigError, ServerConfig, load_config
+from fitconnect_kit.server.config import ConfigError, ServerConfig, load_config
 from fitconnect_kit.server.storage.db import Database
 
 T = TypeVar("T")
@@ -40,24 +42,11 @@ REPLY_CHANNELS = ("eMail", "deMail", "fink", "elster", "fitConnect")
 
 _state: dict[str, Path | None] = {"config": None}
 
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
-
 
 @admin_app.callback()
-def _admin(
-    config: Annotated[
-        Path | None,
-        typer.Option(
-            "--config",
-            "-c",
-            help=f"Server configuration (TOML or JSON). Default: ${CONFIG_PATH_ENV}.",
-            dir_okay=False,
-        ),
-    ] = None,
-) -> None:
+def _admin(config: ConfigOption = None) -> None:
     """Administer our Zustelldienst."""
-    from_env = os.environ.get(CONFIG_PATH_ENV)
-    _state["config"] = config or (Path(from_env) if from_env else None)
+    _state["config"] = config_path(config)
 
 
 def _config() -> ServerConfig:

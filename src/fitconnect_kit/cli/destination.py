@@ -6,8 +6,8 @@ from typing import Annotated
 
 import typer
 
-from fitconnect_kit.cli._common import EXIT_CHECK_FAILED, EXIT_USAGE, fail, stdout
-from fitconnect_kit.cli.profile import EnvOption, JsonOption, ProfileOption, open_sender, print_json
+from fitconnect_kit.cli._common import EXIT_CHECK_FAILED, EXIT_USAGE, JsonOption, fail, stdout
+from fitconnect_kit.cli.profile import EnvOption, ProfileOption, open_sender, print_json
 from fitconnect_kit.client.sender import DestinationReport
 
 destination_app = typer.Typer(

@@ -5,12 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich import box
-from rich.table import Table
 
-from fitconnect_kit.cli._common import stdout
+from fitconnect_kit.cli._common import JsonOption, print_event_table, print_problem, stdout
 from fitconnect_kit.cli.inbox import open_subscriber
-from fitconnect_kit.cli.profile import EnvOption, JsonOption, ProfileOption, print_json
+from fitconnect_kit.cli.profile import EnvOption, ProfileOption, print_json
 from fitconnect_kit.client.eventlog import VerifiedEvent
 from fitconnect_kit.client.subscriber import CaseEventLog
 from fitconnect_kit.protocol.events import Event
@@ -67,21 +65,10 @@ def details(event: VerifiedEvent) -> str:
 
 
 def print_log(log: CaseEventLog) -> None:
-    table = Table(title=f"event log of case {log.case_id}", title_justify="left", box=box.SIMPLE)
-    table.add_column("time (UTC)", no_wrap=True)
-    table.add_column("event", no_wrap=True)
-    table.add_column("issuer", no_wrap=True)
-    table.add_column("details", overflow="fold")
-    for event in log.events:
-        issuer = "Zustelldienst" if event.signer == "zustelldienst" else "Zustellpunkt"
-        table.add_row(
-            event.issued_at.strftime("%Y-%m-%d %H:%M:%S"), event.name, issuer, details(event)
-        )
-    stdout.print(table)
+    print_event_table(log.case_id, log.events, details)
     stdout.print("all SETs verified")
     for sid, state in log.states.items():
         style = STATUS_STYLES.get(state.status.value, "cyan")
         stdout.print(f"submission {sid}: [{style}]{state.status.value}[/{style}]")
         for problem in state.problems:
-            where = f" [{problem.instance}]" if problem.instance else ""
-            stdout.print(f"  - {problem.title}{where}: {problem.detail or ''}", markup=False)
+            print_problem(problem)

@@ -15,9 +15,13 @@ import typer
 from rich import box
 from rich.table import Table
 
-from fitconnect_kit.cli import profile as cli_profile
-from fitconnect_kit.cli._common import stdout
-from fitconnect_kit.cli.profile import EnvOption, JsonOption, ProfileOption, print_json
+from fitconnect_kit.cli._common import JsonOption, stdout
+from fitconnect_kit.cli.profile import (
+    EnvOption,
+    ProfileOption,
+    print_json,
+    with_test_transport,
+)
 from fitconnect_kit.client.subscriber import Subscriber
 
 
@@ -30,11 +34,8 @@ def open_subscriber(
     env: str | None, profile: Path | None, *, load_keys: bool = True, **options: Any
 ) -> Subscriber:
     """A sync subscriber for the CLI, configured like ``Subscriber.from_config``."""
-    factory = cli_profile._transport_factory
-    if factory is not None:
-        options.setdefault("transport", factory())
     return Subscriber.from_config(
-        env, profile=str(profile) if profile else None, load_keys=load_keys, **options
+        env, profile=profile, load_keys=load_keys, **with_test_transport(options)
     )
 
 

@@ -17,7 +17,14 @@ import httpx
 import typer
 from rich.table import Table
 
-from fitconnect_kit.cli._common import EXIT_NOT_FOUND, EXIT_USAGE, fail, stderr, stdout
+from fitconnect_kit.cli._common import (
+    EXIT_NOT_FOUND,
+    EXIT_USAGE,
+    JsonOption,
+    fail,
+    stderr,
+    stdout,
+)
 from fitconnect_kit.client.config import (
     ENV_ENVIRONMENT,
     ENV_PROFILE,
@@ -26,7 +33,6 @@ from fitconnect_kit.client.config import (
     find_profile,
     load_profile,
     profile_candidates,
-    resolve_settings,
 )
 from fitconnect_kit.client.sender import Sender, SentSubmission
 
@@ -59,7 +65,6 @@ ProfileOption = Annotated[
         show_default=False,
     ),
 ]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 
 
 def register(app: typer.Typer) -> None:
@@ -67,12 +72,16 @@ def register(app: typer.Typer) -> None:
     app.add_typer(profile_app, name="profile")
 
 
-def open_sender(env: str | None, profile: Path | None, **options: Any) -> Sender:
-    """A sync sender for the CLI, configured like the SDK's ``Sender.from_config``."""
-    settings = resolve_settings(env, profile=str(profile) if profile else None, role="sender")
+def with_test_transport(options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` of a CLI client, with the test transport if a test installed one."""
     if _transport_factory is not None:
         options.setdefault("transport", _transport_factory())
-    return Sender(settings.environment, settings.credentials, profile=settings.profile, **options)
+    return options
+
+
+def open_sender(env: str | None, profile: Path | None, **options: Any) -> Sender:
+    """A sync sender for the CLI, configured like the SDK's ``Sender.from_config``."""
+    return Sender.from_config(env, profile=profile, **with_test_transport(options))
 
 
 # --- the last submission sent (for `fitconnect status --last`) ----------------------------------

@@ -25,11 +25,12 @@ from fitconnect_kit.cli._common import (
     EXIT_CHECK_FAILED,
     EXIT_USAGE,
     CliError,
+    JsonOption,
     fail,
     stdout,
 )
 from fitconnect_kit.cli.inbox import open_subscriber
-from fitconnect_kit.cli.profile import EnvOption, JsonOption, ProfileOption, print_json
+from fitconnect_kit.cli.profile import EnvOption, ProfileOption, print_json
 from fitconnect_kit.client.schemas import SchemaRegistry, registry_from_specs
 from fitconnect_kit.client.subscriber import (
     PostedEvent,

@@ -19,13 +19,13 @@ from fitconnect_kit.cli._common import (
     EXIT_CHECK_FAILED,
     EXIT_NOT_FOUND,
     EXIT_USAGE,
+    JsonOption,
     fail,
     stderr,
     stdout,
 )
 from fitconnect_kit.cli.profile import (
     EnvOption,
-    JsonOption,
     ProfileOption,
     open_sender,
     print_json,

@@ -22,6 +22,12 @@ ConfigOption = Annotated[
 ]
 
 
+def config_path(config: Path | None) -> Path | None:
+    """The server configuration file: ``--config``, else ``$FITCONNECT_CONFIG``, else none."""
+    from_env = os.environ.get(CONFIG_PATH_ENV)
+    return config or (Path(from_env) if from_env else None)
+
+
 def serve_command(
     config: ConfigOption = None,
     host: Annotated[str | None, typer.Option(help="Listen address (overrides the file).")] = None,
@@ -30,10 +36,8 @@ def serve_command(
     """Run the Zustelldienst until SIGINT/SIGTERM (graceful shutdown, exit status 0)."""
     from fitconnect_kit.server.runner import serve  # late: keeps `fitconnect --help` fast
 
-    from_env = os.environ.get(CONFIG_PATH_ENV)
-    path = config or (Path(from_env) if from_env else None)
     try:
-        server_config = load_config(path, overrides={"host": host, "port": port})
+        server_config = load_config(config_path(config), overrides={"host": host, "port": port})
     except ConfigError as exc:
         fail(str(exc), EXIT_USAGE)
     serve(server_config)

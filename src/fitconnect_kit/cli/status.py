@@ -5,13 +5,18 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich import box
-from rich.table import Table
 
-from fitconnect_kit.cli._common import EXIT_CHECK_FAILED, EXIT_USAGE, fail, stdout
+from fitconnect_kit.cli._common import (
+    EXIT_CHECK_FAILED,
+    EXIT_USAGE,
+    JsonOption,
+    fail,
+    print_event_table,
+    print_problem,
+    stdout,
+)
 from fitconnect_kit.cli.profile import (
     EnvOption,
-    JsonOption,
     ProfileOption,
     load_last_sent,
     open_sender,
@@ -96,17 +101,7 @@ def describe(event: VerifiedEvent) -> str:
 
 
 def print_report(report: StatusReport) -> None:
-    table = Table(title=f"event log of case {report.case_id}", title_justify="left", box=box.SIMPLE)
-    table.add_column("time (UTC)", no_wrap=True)
-    table.add_column("event", no_wrap=True)
-    table.add_column("issuer", no_wrap=True)
-    table.add_column("details", overflow="fold")
-    for event in report.events:
-        issuer = "Zustelldienst" if event.signer == "zustelldienst" else "Zustellpunkt"
-        table.add_row(
-            event.issued_at.strftime("%Y-%m-%d %H:%M:%S"), event.name, issuer, describe(event)
-        )
-    stdout.print(table)
+    print_event_table(report.case_id, report.events, describe)
     style = STATUS_STYLES.get(report.status.value, "cyan")
     stdout.print(f"submission: {report.submission_id}")
     if report.destination_id:
@@ -116,6 +111,5 @@ def print_report(report: StatusReport) -> None:
         + ("  (all SETs verified" + (", tags match" if report.tags_checked else "") + ")")
     )
     for problem in report.problems:
-        where = f" [{problem.instance}]" if problem.instance else ""
-        stdout.print(f"  - {problem.title}{where}: {problem.detail or ''}", markup=False)
+        print_problem(problem)
         stdout.print(f"    {problem.type}", markup=False)

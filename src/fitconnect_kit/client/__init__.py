@@ -21,6 +21,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from fitconnect_kit.client import errors as _errors
+
 if TYPE_CHECKING:
     from fitconnect_kit.client._http import RetryPolicy
     from fitconnect_kit.client.callbacks import (
@@ -136,38 +138,8 @@ _EXPORTS: dict[str, str] = {
     "Accept": "worker",
     "Reject": "worker",
 }
-for _name in (
-    "AmbiguousCaseError",
-    "ApiError",
-    "AuthenticationError",
-    "ClientError",
-    "ConfigurationError",
-    "ConflictError",
-    "DataSchemaNotOfferedError",
-    "DestinationCheckError",
-    "DestinationInactiveError",
-    "EncryptionKeyRejectedError",
-    "EventLogVerificationError",
-    "InvalidClientError",
-    "InvalidRequestError",
-    "InvalidResponseError",
-    "InvalidScopeError",
-    "MetadataVersionNotSupportedError",
-    "NotFoundError",
-    "PermissionDeniedError",
-    "ProfileError",
-    "ProfileNotFoundError",
-    "RateLimitedError",
-    "ReplyChannelNotOfferedError",
-    "ServerError",
-    "ServiceNotOfferedError",
-    "SubmissionError",
-    "SubmissionLimitError",
-    "TokenError",
-    "TransportError",
-    "WaitTimeoutError",
-):
-    _EXPORTS[_name] = "errors"
+# Every error class, from the one list in errors.py (importing it is cheap: no httpx, no crypto).
+_EXPORTS.update(dict.fromkeys(_errors.__all__, "errors"))
 
 __all__ = [
     "Accept",

@@ -86,6 +86,13 @@ def verify_callback(
         raise CallbackBodyError(f"callback body is not a callback payload: {exc}") from None
 
 
+def _callback_secret(secret: str | SecretStr) -> SecretStr:
+    """The endpoint's HMAC secret; an empty one would accept anybody's callbacks."""
+    if not (secret.get_secret_value() if isinstance(secret, SecretStr) else secret):
+        raise ValueError("the callback secret must not be empty")
+    return secret if isinstance(secret, SecretStr) else SecretStr(secret)
+
+
 def _dispatch_target(
     payload: Payload,
     on_new_submissions: Handler | None,
@@ -127,9 +134,7 @@ class CallbackApp:
         max_age: timedelta = MAX_AGE,
         max_body: int = MAX_CALLBACK_BODY,
     ) -> None:
-        if not (secret.get_secret_value() if isinstance(secret, SecretStr) else secret):
-            raise ValueError("the callback secret must not be empty")
-        self._secret = secret if isinstance(secret, SecretStr) else SecretStr(secret)
+        self._secret = _callback_secret(secret)
         self.on_new_submissions = on_new_submissions
         self.on_new_events = on_new_events
         self.on_other = on_other
@@ -316,9 +321,7 @@ class CallbackWsgiApp:
         max_body: int = MAX_CALLBACK_BODY,
         workers: int = 2,
     ) -> None:
-        if not (secret.get_secret_value() if isinstance(secret, SecretStr) else secret):
-            raise ValueError("the callback secret must not be empty")
-        self._secret = secret if isinstance(secret, SecretStr) else SecretStr(secret)
+        self._secret = _callback_secret(secret)
         self.on_new_submissions = on_new_submissions
         self.on_new_events = on_new_events
         self.on_other = on_other

@@ -24,20 +24,20 @@ import asyncio
 import contextlib
 import io
 import logging
-import os
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, BinaryIO, Self
+from typing import TYPE_CHECKING, Any, BinaryIO
 
-import httpx
-from pydantic import ValidationError
-
-from fitconnect_kit.client._http import Attempt, HttpCore, RetryPolicy, Safety, Sleep
-from fitconnect_kit.client._sync import Portal
-from fitconnect_kit.client.config import Credentials, Profile, resolve_settings
+from fitconnect_kit.client._base import (
+    AsyncClientBase,
+    ClientOptions,
+    SyncFacadeBase,
+    parse_answer,
+)
+from fitconnect_kit.client._http import Attempt, Safety
+from fitconnect_kit.client.config import Credentials
 from fitconnect_kit.client.environments import Environment
 from fitconnect_kit.client.errors import (
     AmbiguousCaseError,
@@ -47,7 +47,6 @@ from fitconnect_kit.client.errors import (
     EncryptionKeyRejectedError,
     EventLogVerificationError,
     InvalidRequestError,
-    InvalidResponseError,
     MetadataVersionNotSupportedError,
     NotFoundError,
     ReplyChannelNotOfferedError,
@@ -56,7 +55,7 @@ from fitconnect_kit.client.errors import (
     SubmissionLimitError,
     WaitTimeoutError,
 )
-from fitconnect_kit.client.eventlog import EventLogReader, VerifiedEvent
+from fitconnect_kit.client.eventlog import VerifiedEvent
 from fitconnect_kit.client.submission import (
     AttachmentSpec,
     EncryptedDataPart,
@@ -75,7 +74,6 @@ from fitconnect_kit.protocol.api import (
     SubmitSubmission,
 )
 from fitconnect_kit.protocol.b64 import b64url_decode
-from fitconnect_kit.protocol.clock import SYSTEM_CLOCK, Clock
 from fitconnect_kit.protocol.errors import FitConnectError, FormatError
 from fitconnect_kit.protocol.events import AuthenticationTags, Event, derive_state
 from fitconnect_kit.protocol.ids import parse_service_identifier, parse_uuid
@@ -90,6 +88,7 @@ from fitconnect_kit.protocol.metadata import (
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+    from typing_extensions import Unpack
 
     from fitconnect_kit.protocol.keys import TrustPolicy
     from fitconnect_kit.protocol.problems import Problem
@@ -438,7 +437,7 @@ class _UploadAttempt:
 # --- the async sender ---------------------------------------------------------------------------
 
 
-class AsyncSender:
+class AsyncSender(AsyncClientBase):
     """Sender SDK, async. Create one per environment and reuse it (it caches the token).
 
     ``transport`` injects an ``httpx.AsyncBaseTransport`` (tests, proxies); ``trust_policy``
@@ -449,90 +448,21 @@ class AsyncSender:
     destination; 0 checks before every submission.
     """
 
+    _role = "sender"
+
     def __init__(
         self,
         environment: Environment,
         credentials: Credentials,
         *,
-        transport: httpx.AsyncBaseTransport | None = None,
-        http_client: httpx.AsyncClient | None = None,
-        timeout: httpx.Timeout | float | None = None,
-        retry: RetryPolicy | None = None,
-        trust_policy: TrustPolicy | None = None,
         limits: Limits | None = None,
-        clock: Clock = SYSTEM_CLOCK,
-        sleep: Sleep | None = None,
-        rand: Any = None,
-        profile: Profile | None = None,
         destination_check_ttl: float = DESTINATION_CHECK_TTL_SECONDS,
+        **options: Unpack[ClientOptions],
     ) -> None:
-        self.environment = environment
-        self.profile = profile
-        self.clock = clock
         self.limits = limits or Limits()
         self.destination_check_ttl = destination_check_ttl
         self._checked: dict[tuple[Any, ...], tuple[datetime, CheckedDestination]] = {}
-        self._sleep: Sleep = sleep or asyncio.sleep
-        self._trust_override = trust_policy
-        self._trust_cached: TrustPolicy | None = None
-        self._core = HttpCore(
-            environment,
-            credentials,
-            transport=transport,
-            http_client=http_client,
-            timeout=timeout,
-            retry=retry,
-            clock=clock,
-            sleep=sleep,
-            rand=rand,
-        )
-        self._events = EventLogReader(self._core, trust_policy=self.trust_policy, clock=clock)
-
-    @classmethod
-    def from_config(
-        cls,
-        environment: Environment | str | None = None,
-        *,
-        credentials: Credentials | None = None,
-        profile: Profile | str | os.PathLike[str] | None = None,
-        **options: Any,
-    ) -> AsyncSender:
-        """A sender configured from arguments, ``FITCONNECT_*`` variables and the profile.
-
-        Switching from ``local`` to ``test`` changes nothing in your code but the environment
-        name (``FITCONNECT_ENV``) and the credentials.
-        """
-        prof = profile if isinstance(profile, Profile) or profile is None else str(profile)
-        settings = resolve_settings(
-            environment, credentials=credentials, profile=prof, role="sender"
-        )
-        return cls(settings.environment, settings.credentials, profile=settings.profile, **options)
-
-    def __repr__(self) -> str:
-        return f"AsyncSender(environment={self.environment.name!r})"
-
-    async def aclose(self) -> None:
-        """Close the HTTP client (if the sender created it)."""
-        await self._core.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    def trust_policy(self) -> TrustPolicy:
-        """The x5c trust policy for destination keys (environment default unless overridden)."""
-        if self._trust_override is not None:
-            return self._trust_override
-        if self._trust_cached is None:
-            self._trust_cached = self.environment.trust_policy()
-        return self._trust_cached
+        super().__init__(environment, credentials, **options)
 
     # --- destinations ----------------------------------------------------------------------------
 
@@ -540,16 +470,12 @@ class AsyncSender:
         """The public information of a destination (``GET /v1/destinations/{id}``)."""
         dest_id = parse_uuid(destination_id, field="destination id")
         data = await self._core.get_json(f"/destinations/{dest_id}", what=f"destination {dest_id}")
-        try:
-            return PublicDestination.model_validate(data)
-        except ValidationError as exc:
-            raise InvalidResponseError(
-                f"destination {dest_id}: the Zustelldienst's answer is not a destination "
-                f"({api.describe_validation_error(exc)})",
-                status=200,
-                method="GET",
-                url=self.environment.api_url(f"/destinations/{dest_id}"),
-            ) from None
+        return parse_answer(
+            PublicDestination,
+            data,
+            problem=f"destination {dest_id}: the Zustelldienst's answer is not a destination",
+            url=self.environment.api_url(f"/destinations/{dest_id}"),
+        )
 
     async def get_encryption_key(
         self, destination: PublicDestination
@@ -834,16 +760,14 @@ class AsyncSender:
             safety=Safety.UNSENT_ONLY,
             what=f"announcing a submission to destination {checked.destination_id}",
         )
-        try:
-            created = SubmissionCreated.model_validate(self._core.json_of(response))
-        except ValidationError as exc:
-            raise InvalidResponseError(
-                "the Zustelldienst's answer to the announcement has no submissionId/caseId "
-                f"({api.describe_validation_error(exc)})",
-                status=response.status_code,
-                method="POST",
-                url=self.environment.api_url("/submissions"),
-            ) from None
+        created = parse_answer(
+            SubmissionCreated,
+            self._core.json_of(response),
+            problem="the Zustelldienst's answer to the announcement has no submissionId/caseId",
+            url=self.environment.api_url("/submissions"),
+            method="POST",
+            status=response.status_code,
+        )
         sid, case_id = created.submission_id, created.case_id
         log.info(
             "announced submission %s (case %s) to destination %s, %d attachment(s)",
@@ -1295,7 +1219,7 @@ class AsyncSender:
 # --- the sync facade ----------------------------------------------------------------------------
 
 
-class Sender:
+class Sender(SyncFacadeBase[AsyncSender]):
     """Synchronous facade of :class:`AsyncSender` (same methods, blocking).
 
     Runs the async sender on a private event loop in a daemon thread, so it also works inside
@@ -1303,62 +1227,14 @@ class Sender:
     callbacks run in that thread.
     """
 
-    def __init__(self, environment: Environment, credentials: Credentials, **options: Any) -> None:
-        self._portal = Portal(name="fitconnect-kit-sender")
-        try:
-            self._async = self._portal.call_soon(
-                lambda: AsyncSender(environment, credentials, **options)
-            )
-        except BaseException:
-            self._portal.close()
-            raise
-
-    @classmethod
-    def from_config(
-        cls,
-        environment: Environment | str | None = None,
-        *,
-        credentials: Credentials | None = None,
-        profile: Profile | str | os.PathLike[str] | None = None,
-        **options: Any,
-    ) -> Sender:
-        """Like :meth:`AsyncSender.from_config`."""
-        prof = profile if isinstance(profile, Profile) or profile is None else str(profile)
-        settings = resolve_settings(
-            environment, credentials=credentials, profile=prof, role="sender"
-        )
-        return cls(settings.environment, settings.credentials, profile=settings.profile, **options)
-
-    def __repr__(self) -> str:
-        return f"Sender(environment={self.environment.name!r})"
-
-    @property
-    def environment(self) -> Environment:
-        return self._async.environment
-
-    @property
-    def profile(self) -> Profile | None:
-        return self._async.profile
+    _role = "sender"
+    _async_class = AsyncSender
+    _thread_name = "fitconnect-kit-sender"
 
     @property
     def async_sender(self) -> AsyncSender:
         """The async sender behind this facade (use it only on the facade's loop)."""
         return self._async
-
-    def close(self) -> None:
-        """Close the HTTP client and stop the background loop."""
-        self._portal.close(self._async.aclose)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def trust_policy(self) -> TrustPolicy:
         return self._async.trust_policy()

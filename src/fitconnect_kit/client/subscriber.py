@@ -33,15 +33,20 @@ from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import httpx
-from pydantic import ValidationError
 
-from fitconnect_kit.client._http import Attempt, HttpCore, RetryPolicy, Safety, Sleep
+from fitconnect_kit.client._base import (
+    AsyncClientBase,
+    ClientOptions,
+    SubscriberFromConfig,
+    SyncFacadeBase,
+    parse_answer,
+)
+from fitconnect_kit.client._http import Attempt, Safety
 from fitconnect_kit.client._sync import Portal
-from fitconnect_kit.client.config import Credentials, Profile, resolve_settings
+from fitconnect_kit.client.config import Credentials
 from fitconnect_kit.client.environments import Environment
 from fitconnect_kit.client.errors import (
     EXIT_CHECK_FAILED,
@@ -50,11 +55,10 @@ from fitconnect_kit.client.errors import (
     ConflictError,
     EventLogVerificationError,
     InvalidRequestError,
-    InvalidResponseError,
     NotFoundError,
     TransportError,
 )
-from fitconnect_kit.client.eventlog import EventLogReader, VerifiedEvent
+from fitconnect_kit.client.eventlog import VerifiedEvent
 from fitconnect_kit.client.keystore import (
     DecryptionKeys,
     KeyInput,
@@ -83,7 +87,6 @@ from fitconnect_kit.protocol.api import (
     SubmissionSummary,
 )
 from fitconnect_kit.protocol.b64 import b64url_decode
-from fitconnect_kit.protocol.clock import SYSTEM_CLOCK, Clock
 from fitconnect_kit.protocol.errors import (
     DecryptionError,
     FitConnectError,
@@ -113,7 +116,8 @@ from fitconnect_kit.protocol.problems import (
 )
 
 if TYPE_CHECKING:
-    from fitconnect_kit.protocol.keys import TrustPolicy
+    from typing_extensions import Unpack
+
 
 log = logging.getLogger("fitconnect_kit.client.subscriber")
 
@@ -554,7 +558,7 @@ class _Blocks:
 # --- the async subscriber -----------------------------------------------------------------------
 
 
-class AsyncSubscriber:
+class AsyncSubscriber(SubscriberFromConfig, AsyncClientBase):
     """Subscriber SDK, async. Create one per environment (and destination set) and reuse it.
 
     ``decryption_keys``: the destination's private encryption JWKs (files, directories,
@@ -577,20 +581,8 @@ class AsyncSubscriber:
         require_data_schema: bool = True,
         metadata_versions: Sequence[str] | None = None,
         destination_id: str | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
-        http_client: httpx.AsyncClient | None = None,
-        timeout: httpx.Timeout | float | None = None,
-        retry: RetryPolicy | None = None,
-        trust_policy: TrustPolicy | None = None,
-        clock: Clock = SYSTEM_CLOCK,
-        sleep: Sleep | None = None,
-        rand: Any = None,
-        profile: Profile | None = None,
+        **options: Unpack[ClientOptions],
     ) -> None:
-        self.environment = environment
-        self.profile = profile
-        self.clock = clock
-        self._sleep: Sleep = sleep or asyncio.sleep
         self.decryption_keys = as_decryption_keys(decryption_keys)
         self.signing_key = as_signing_key(signing_key)
         self.schemas = schemas if schemas is not None else SchemaRegistry()
@@ -599,55 +591,14 @@ class AsyncSubscriber:
         self.destination_id = (
             parse_uuid(destination_id, field="destination id") if destination_id else None
         )
-        self._trust_override = trust_policy
-        self._trust_cached: TrustPolicy | None = None
-        self._core = HttpCore(
-            environment,
-            credentials,
-            transport=transport,
-            http_client=http_client,
-            timeout=timeout,
-            retry=retry,
-            clock=clock,
-            sleep=sleep,
-            rand=rand,
-        )
-        self._events = EventLogReader(self._core, trust_policy=self.trust_policy, clock=clock)
+        super().__init__(environment, credentials, **options)
         self._destinations: dict[str, tuple[float, PublicDestination]] = {}
         self._known_keys: dict[tuple[str, str], bool] = {}
         self._download_threads: ThreadPoolExecutor | None = None
 
-    @classmethod
-    def from_config(
-        cls,
-        environment: Environment | str | None = None,
-        *,
-        credentials: Credentials | None = None,
-        profile: Profile | str | os.PathLike[str] | None = None,
-        load_keys: bool = True,
-        **options: Any,
-    ) -> AsyncSubscriber:
-        """A subscriber configured from arguments, ``FITCONNECT_*`` variables and the profile.
-
-        From the profile it also takes (unless passed): the decryption key
-        ``keys.encryptionPrivate``, the signing key ``keys.signingPrivate`` (both skipped with
-        ``load_keys=False``, e.g. for listing only) and the default ``destinationId``.
-        """
-        settings = resolve_settings(
-            environment,
-            credentials=credentials,
-            profile=profile if isinstance(profile, Profile) or profile is None else str(profile),
-            role="subscriber",
-        )
-        _profile_defaults(settings.profile, options, load_keys)
-        return cls(settings.environment, settings.credentials, profile=settings.profile, **options)
-
-    def __repr__(self) -> str:
-        return f"AsyncSubscriber(environment={self.environment.name!r})"
-
     async def aclose(self) -> None:
-        """Close the HTTP client (if the subscriber created it)."""
-        await self._core.aclose()
+        """Close the HTTP client (if the subscriber created it) and the download threads."""
+        await super().aclose()
         if self._download_threads is not None:
             self._download_threads.shutdown(wait=False)
             self._download_threads = None
@@ -663,25 +614,6 @@ class AsyncSubscriber:
                 max_workers=DOWNLOAD_THREADS, thread_name_prefix="fitconnect-download"
             )
         return self._download_threads
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    def trust_policy(self) -> TrustPolicy:
-        """The x5c trust policy for destination keys (environment default unless overridden)."""
-        if self._trust_override is not None:
-            return self._trust_override
-        if self._trust_cached is None:
-            self._trust_cached = self.environment.trust_policy()
-        return self._trust_cached
 
     # --- listing and fetching --------------------------------------------------------------------
 
@@ -711,16 +643,13 @@ class AsyncSubscriber:
             params={"destinationId": dest, "offset": offset, "limit": limit},
             what=f"pending submissions of destination {dest}",
         )
-        try:
-            return SubmissionList.model_validate(data)
-        except ValidationError as exc:
-            raise InvalidResponseError(
-                f"pending submissions of destination {dest}: the answer is not a submission "
-                f"list ({api.describe_validation_error(exc)})",
-                status=200,
-                method="GET",
-                url=self.environment.api_url("/submissions"),
-            ) from None
+        return parse_answer(
+            SubmissionList,
+            data,
+            problem=f"pending submissions of destination {dest}: the answer is not a submission "
+            "list",
+            url=self.environment.api_url("/submissions"),
+        )
 
     async def iter_submissions(
         self, destination_id: str | None = None, *, page_size: int = DEFAULT_PAGE_SIZE
@@ -750,16 +679,12 @@ class AsyncSubscriber:
         """The submission as the Zustelldienst holds it (``GET /v1/submissions/{id}``)."""
         sid = parse_uuid(submission_id, field="submission id")
         data = await self._core.get_json(f"/submissions/{sid}", what=f"submission {sid}")
-        try:
-            return api.Submission.model_validate(data)
-        except ValidationError as exc:
-            raise InvalidResponseError(
-                f"submission {sid}: the answer is not a submission "
-                f"({api.describe_validation_error(exc)})",
-                status=200,
-                method="GET",
-                url=self.environment.api_url(f"/submissions/{sid}"),
-            ) from None
+        return parse_answer(
+            api.Submission,
+            data,
+            problem=f"submission {sid}: the answer is not a submission",
+            url=self.environment.api_url(f"/submissions/{sid}"),
+        )
 
     async def get_destination(
         self, destination_id: str | None = None, *, refresh: bool = False
@@ -774,16 +699,12 @@ class AsyncSubscriber:
         ):
             return cached[1]
         data = await self._core.get_json(f"/destinations/{dest}", what=f"destination {dest}")
-        try:
-            destination = PublicDestination.model_validate(data)
-        except ValidationError as exc:
-            raise InvalidResponseError(
-                f"destination {dest}: the answer is not a destination "
-                f"({api.describe_validation_error(exc)})",
-                status=200,
-                method="GET",
-                url=self.environment.api_url(f"/destinations/{dest}"),
-            ) from None
+        destination = parse_answer(
+            PublicDestination,
+            data,
+            problem=f"destination {dest}: the answer is not a destination",
+            url=self.environment.api_url(f"/destinations/{dest}"),
+        )
         self._destinations[dest] = (time.monotonic(), destination)
         return destination
 
@@ -1349,68 +1270,18 @@ class AsyncSubscriber:
         return await self.post_event_token(token)
 
 
-def _profile_defaults(profile: Profile | None, options: dict[str, Any], load_keys: bool) -> None:
-    if profile is None:
-        return
-    keys = profile.keys
-    if load_keys and options.get("decryption_keys") is None and "encryptionPrivate" in keys:
-        options["decryption_keys"] = keys["encryptionPrivate"]
-    if load_keys and options.get("signing_key") is None and "signingPrivate" in keys:
-        options["signing_key"] = keys["signingPrivate"]
-    if options.get("destination_id") is None and profile.destination_id:
-        options["destination_id"] = profile.destination_id
-
-
 # --- the sync facade ----------------------------------------------------------------------------
 
 
-class Subscriber:
+class Subscriber(SubscriberFromConfig, SyncFacadeBase[AsyncSubscriber]):
     """Synchronous facade of :class:`AsyncSubscriber` (same methods, blocking).
 
     Runs the async subscriber on a private event loop in a daemon thread (works inside Jupyter
     and other running loops). Close it (or use ``with``) when done.
     """
 
-    def __init__(self, environment: Environment, credentials: Credentials, **options: Any) -> None:
-        self._portal = Portal(name="fitconnect-kit-subscriber")
-        try:
-            self._async = self._portal.call_soon(
-                lambda: AsyncSubscriber(environment, credentials, **options)
-            )
-        except BaseException:
-            self._portal.close()
-            raise
-
-    @classmethod
-    def from_config(
-        cls,
-        environment: Environment | str | None = None,
-        *,
-        credentials: Credentials | None = None,
-        profile: Profile | str | os.PathLike[str] | None = None,
-        load_keys: bool = True,
-        **options: Any,
-    ) -> Subscriber:
-        """Like :meth:`AsyncSubscriber.from_config`."""
-        settings = resolve_settings(
-            environment,
-            credentials=credentials,
-            profile=profile if isinstance(profile, Profile) or profile is None else str(profile),
-            role="subscriber",
-        )
-        _profile_defaults(settings.profile, options, load_keys)
-        return cls(settings.environment, settings.credentials, profile=settings.profile, **options)
-
-    def __repr__(self) -> str:
-        return f"Subscriber(environment={self.environment.name!r})"
-
-    @property
-    def environment(self) -> Environment:
-        return self._async.environment
-
-    @property
-    def profile(self) -> Profile | None:
-        return self._async.profile
+    _async_class = AsyncSubscriber
+    _thread_name = "fitconnect-kit-subscriber"
 
     @property
     def async_subscriber(self) -> AsyncSubscriber:
@@ -1420,21 +1291,6 @@ class Subscriber:
     @property
     def portal(self) -> Portal:
         return self._portal
-
-    def close(self) -> None:
-        """Close the HTTP client and stop the background loop."""
-        self._portal.close(self._async.aclose)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def list_submissions(
         self, destination_id: str | None = None, *, offset: int = 0, limit: int = DEFAULT_PAGE_SIZE
