@@ -4,16 +4,26 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import signal
 import stat
+import sys
+from pathlib import Path
 
 import httpx
 import pytest
 
 from fitconnect_kit.demo import DEMO_JSON_SCHEMA_URI, DEMO_SERVICE_IDENTIFIER
-from tests.e2e.conftest import DevProcess
+from fitconnect_kit.devstack import cli_prefix
+from tests.e2e.conftest import DevProcess, cli_base
 
 pytestmark = pytest.mark.slow
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+README = REPO_ROOT / "README.md"
+#: How ``make run`` starts the stack: ``$(VENV)/bin/fitconnect dev`` in the repository root.
+MAKE_RUN_ARGV0 = ".venv/bin/fitconnect"
 
 
 def _secrets(dev: DevProcess) -> list[str]:
@@ -46,6 +56,40 @@ def test_welcome_names_urls_profile_and_three_commands(dev: DevProcess) -> None:
     output = dev.output()
     for secret in _secrets(dev):
         assert secret not in output
+
+
+def readme_quick_start_commands() -> list[str]:
+    """The command lines of the ``sh`` block after ``make run`` under "## Quick start", without
+    trailing ``# …`` comments and whitespace."""
+    text = README.read_text(encoding="utf-8")
+    start = text.index("\n## Quick start\n")
+    end = text.find("\n## ", start + 1)
+    section = text[start : end if end != -1 else len(text)]
+    blocks = re.findall(r"^```sh\n(.*?)^```", section, re.DOTALL | re.MULTILINE)
+    assert [block.strip() for block in blocks[:1]] == ["make run"], blocks
+    assert len(blocks) >= 2, "no command block after `make run` in the quick start"
+    lines = [re.sub(r"(?:^|\s)#.*$", "", line).strip() for line in blocks[1].splitlines()]
+    return [line for line in lines if line]
+
+
+def test_readme_quick_start_matches_the_welcome_commands(
+    dev: DevProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """README's three quick-start commands are exactly what `fitconnect dev` prints, with the
+    prefix it prints when started as ``make run`` does (``.venv/bin/fitconnect`` in the
+    repository root); the dev process of these tests runs the venv's script by absolute path."""
+    readme = readme_quick_start_commands()
+    monkeypatch.chdir(REPO_ROOT)
+    monkeypatch.setattr(sys, "argv", [MAKE_RUN_ARGV0, "dev"])
+    make_run_prefix = cli_prefix(REPO_ROOT)
+    assert make_run_prefix == ".venv/bin/fitconnect"
+    started_as = shlex.join(cli_base())
+    welcome = dev.commands()
+    assert len(welcome) == 3, dev.welcome
+    for command in welcome:
+        assert command.startswith(started_as + " "), (command, started_as)
+    normalised = [make_run_prefix + command[len(started_as) :] for command in welcome]
+    assert readme == normalised
 
 
 def test_seeded_files_and_profile(dev: DevProcess) -> None:

@@ -13,6 +13,7 @@ The receiving side is written here with the protocol functions only (``jwe.decry
   size limit of the Zustelldienst as a typed 413 error;
 * token expiry after 30 minutes (the SDK sees it on the shared clock) and refresh-once-on-401;
 * real 429s with ``RateLimit-*`` headers from a server with a low rate limit, retried;
+* 503s (with and without ``Retry-After``) on the destination lookup and an upload, retried;
 * tampered event logs: a SET signed with a wrong key, a receiver accept with other tags than
   were sent, a ``submit-submission`` with other tags than were sent (ciphertext swapped on the
   way to the Zustelldienst);
@@ -893,6 +894,90 @@ def test_real_429_with_ratelimit_headers_is_retried(tmp_path: Path) -> None:
     # the SDK waited exactly as long as each answer asked, not its own backoff
     assert slept == [float(headers["Retry-After"]) for _, headers in refused]
     assert recorder.statuses("PUT", r"/v1/submissions/[^/]+/attachments/[^/]+") == [429, 204]
+
+
+class Unavailable(Recorder):
+    """Answers the first request to each ``(method, path pattern)`` itself with a 503 (with
+    ``Retry-After`` when given) — a proxy in front of the Zustelldienst that is briefly
+    overloaded; every other request goes on to the real server. A refused request body is read
+    in full first (the upload happened, the answer was a 503)."""
+
+    def __init__(self, targets: list[tuple[str, str]], retry_after: str | None) -> None:
+        super().__init__()
+        self.targets = list(targets)
+        self.retry_after = retry_after
+        self.refused_bodies: dict[str, bytes] = {}
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        for method, pattern in self.targets:
+            if request.method == method and re.fullmatch(pattern, request.url.path):
+                self.targets.remove((method, pattern))
+                self.refused_bodies[request.url.path] = await request.aread()
+                self.exchanges.append(
+                    Exchange(
+                        request.method,
+                        request.url.host,
+                        request.url.path,
+                        503,
+                        request.headers.get("authorization"),
+                    )
+                )
+                headers = {"Content-Type": "application/problem+json"}
+                if self.retry_after is not None:
+                    headers["Retry-After"] = self.retry_after
+                problem = {
+                    "type": "https://schema.fitko.de/fit-connect/submission-api/problems/"
+                    "service-unavailable",
+                    "title": "Service Unavailable",
+                    "status": 503,
+                }
+                return httpx.Response(503, headers=headers, content=dumps_compact(problem))
+        return await super().handle_async_request(request)
+
+
+@pytest.mark.parametrize("retry_after", [None, "3"], ids=["backoff", "retry-after"])
+async def test_503_on_destination_and_upload_is_retried_against_the_live_server(
+    world: World, retry_after: str | None, tmp_path: Path
+) -> None:
+    """The first ``GET /v1/destinations/{id}`` and the first attachment ``PUT`` get a 503 (both
+    idempotent, so the SDK repeats them: after ``Retry-After`` if given, else after its
+    jittered backoff); the announcement is not repeated, the upload is encrypted again, and the
+    submission goes through to ``accepted`` as if nothing had happened."""
+    destination_path = rf"/v1/destinations/{world.destination.destination_id}"
+    upload_path = r"/v1/submissions/[^/]+/attachments/[^/]+"
+    transport = Unavailable([("GET", destination_path), ("PUT", upload_path)], retry_after)
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)  # the live server needs no real pause
+
+    creds = world.new_sender_client()
+    async with world.sender(creds, transport=transport, sleep=sleep, rand=lambda: 0.5) as sender:
+        sent = await sender.send(
+            build_submission(world.destination, "json", attachment_contents(1), tmp_path).build()
+        )
+        submitted = await sender.status(sent)
+        await asyncio.to_thread(world.fachverfahren().accept, sent.submission_id)
+        accepted = await sender.status(sent)
+    assert transport.statuses("GET", destination_path) == [503, 200]
+    assert transport.statuses("PUT", upload_path) == [503, 204]
+    assert transport.statuses("POST", "/v1/submissions") == [201]  # announced once
+    assert [e.status for e in transport.exchanges].count(503) == 2
+    # Retry-After (seconds) replaces the backoff; without it: min(30, 0.5 · 2⁰) · rand = 0.25
+    expected_delay = float(retry_after) if retry_after is not None else 0.25
+    assert slept == [expected_delay, expected_delay]
+    assert submissions_of(world.live, creds) == 1
+    assert submitted.status is SubmissionStatus.SUBMITTED
+    assert submitted.authentication_tags == sent.authentication_tags  # the retry's ciphertext
+    check_accepted(accepted, sent, world.destination.destination_id)
+    assert stored_status(world.live, sent.submission_id) == "accepted"
+    # The refused upload was a complete ciphertext; the retry encrypted afresh.
+    (attachment_id,) = sent.attachment_ids
+    refused = transport.refused_bodies[
+        f"/v1/submissions/{sent.submission_id}/attachments/{attachment_id}"
+    ]
+    refused_tag = refused.decode("ascii").rsplit(".", 1)[1]
+    assert refused_tag != sent.authentication_tags.attachments[attachment_id]
 
 
 # --- tampered event logs --------------------------------------------------------------------------

@@ -75,6 +75,10 @@ SWITCHES: dict[str, dict[str, Any]] = {
         "data_mime_type": "application/xml",
     },
     "schema_invalid_json": {"schema_invalid_json": b'{"antragsteller":{"vorname":""}}'},
+    # the destination offers the demo schemas only (and this URI is in no registry either)
+    "unoffered_data_schema": {"unoffered_data_schema": "urn:example:not-offered-schema:1.0"},
+    "metadata_schema_violation": {"metadata_schema_violation": True},
+    "broken_submit_set": {"broken_submit_set": True},
     "undecryptable:metadata": {"undecryptable": "metadata"},
     "undecryptable:data": {"undecryptable": "data"},
     "undecryptable:attachment": {"undecryptable": "attachment"},
@@ -237,6 +241,8 @@ async def test_evil_sender_breaks_one_check(stack: Stack, switch: str, tmp_path:
     async with stack.new_subscriber() as subscriber:
         received = await subscriber.process(sid, tmp_path / "in")
     assert problem_pairs(received.problems) == expected
+    if switch == "broken_submit_set":
+        assert stack.tamper.resigned >= 1  # the subscriber saw the re-signed SET
     assert received.decision is not None
     assert received.decision.name == "reject-submission"
     async with stack.new_sender() as sender:

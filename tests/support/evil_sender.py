@@ -18,12 +18,21 @@ Switches (each breaks one check; ``EXPECTED`` names the problem it must cause):
 * ``wrong_service`` — ``publicServiceType`` names another service than the announcement;
 * ``bad_xml`` — the data are not well-formed XML (hash computed over them, so it matches);
 * ``schema_invalid_json`` — JSON data that violate the data schema;
+* ``unoffered_data_schema`` — the metadata names this data schema URI (same MIME type), one
+  the destination does not offer for the service;
+* ``metadata_schema_violation`` — the metadata is a JSON object of a supported version, but the
+  first attachment's ``purpose`` is not one the metadata schema allows;
 * ``undecryptable`` (``"metadata"``, ``"data"`` or ``"attachment"``) — the part is encrypted
   to another key (another kid);
 * ``missing_data`` — the metadata announces data, none is sent;
 * ``reply_channel`` — a reply channel the destination does not offer;
 * ``extra_attachment_in_metadata`` — the metadata lists an attachment that was never sent;
-* ``missing_attachment_in_metadata`` — an attachment is sent but not listed in the metadata.
+* ``missing_attachment_in_metadata`` — an attachment is sent but not listed in the metadata;
+* ``broken_submit_set`` — :class:`TamperingTransport` serves the subscriber the case's event
+  log with this submission's ``submit-submission`` SET re-signed with a key that is not the
+  Zustelldienst's (same header and claims). A sender cannot make the Zustelldienst sign a wrong
+  SET, and a tampered stored SET would break the sender's own status check as well; the
+  intermediary breaks only the subscriber's view, so the sender still sees the rejection.
 
 Two more for unit tests: ``raw_metadata`` (these bytes are the metadata plaintext) and
 ``unannounced_data`` (data are sent, the metadata does not announce them).
@@ -40,8 +49,10 @@ from typing import Any
 
 import httpx
 
+from fitconnect_kit.protocol.events import parse_set
 from fitconnect_kit.protocol.ids import new_id, parse_service_identifier
 from fitconnect_kit.protocol.jose import jwe
+from fitconnect_kit.protocol.jose.jws import parse_compact, sign_compact
 from fitconnect_kit.protocol.jsonutil import dumps_compact
 from fitconnect_kit.protocol.metadata import sha512_hex
 from tests.keycache import rsa_key
@@ -61,6 +72,9 @@ EXPECTED: dict[str, list[tuple[str, str]]] = {
     "wrong_service": [("service-mismatch", "metadata")],
     "bad_xml": [("syntax-violation", "data")],
     "schema_invalid_json": [("schema-violation", "data")],
+    "unoffered_data_schema": [("unsupported-schema", "data")],
+    "metadata_schema_violation": [("schema-violation", "metadata")],
+    "broken_submit_set": [("invalid-event-log", "submission")],
     "undecryptable:metadata": [("encryption-issue", "metadata")],
     "undecryptable:data": [("encryption-issue", "data")],
     "undecryptable:attachment": [("encryption-issue", "attachment:{aid}")],
@@ -70,9 +84,12 @@ EXPECTED: dict[str, list[tuple[str, str]]] = {
     "missing_attachment_in_metadata": [("attachments-mismatch", "metadata")],
 }
 
-#: keycache index of the "other" key parts are encrypted to with ``undecryptable``.
+#: keycache index of the "other" key: parts are encrypted to it with ``undecryptable``, and
+#: ``broken_submit_set`` re-signs the SET with it (it is not the Zustelldienst's key).
 OTHER_KEY_INDEX = 120
 OTHER_KID = "evil-other-key"
+#: An attachment ``purpose`` the metadata schema does not allow (form, attachment, report).
+INVALID_PURPOSE = "Beweismittel"
 
 
 @dataclass(frozen=True)
@@ -105,6 +122,9 @@ class EvilPlan:
     wrong_service: str | None = None
     bad_xml: bool = False
     schema_invalid_json: bytes | None = None
+    unoffered_data_schema: str | None = None
+    metadata_schema_violation: bool = False
+    broken_submit_set: bool = False
     undecryptable: str | None = None
     missing_data: bool = False
     extra_attachment_in_metadata: bool = False
@@ -128,6 +148,7 @@ class BuiltSubmission:
     data_token: str | None
     metadata: dict[str, Any]
     replacements: dict[str, str] = field(default_factory=dict)  # "metadata"/"data"/aid → token
+    broken_events: tuple[str, ...] = ()  # short names of this submission's SETs to re-sign
     submission_id: str | None = None
     case_id: str | None = None
 
@@ -174,9 +195,10 @@ def build(plan: EvilPlan) -> BuiltSubmission:
     if data is not None and not plan.unannounced_data:
         digest = sha512_hex(b"other bytes" + data) if plan.wrong_data_hash else sha512_hex(data)
         mime = "application/xml" if plan.bad_xml else plan.data_mime_type
+        schema_uri = plan.unoffered_data_schema or plan.data_schema_uri
         content["data"] = {
             "hash": {"type": "sha512", "content": digest},
-            "submissionSchema": {"schemaUri": plan.data_schema_uri, "mimeType": mime},
+            "submissionSchema": {"schemaUri": schema_uri, "mimeType": mime},
         }
     listed = list(ids)
     if plan.missing_attachment_in_metadata:
@@ -202,6 +224,9 @@ def build(plan: EvilPlan) -> BuiltSubmission:
                 "filename": "fehlt.pdf",
             }
         )
+    if plan.metadata_schema_violation:
+        assert content["attachments"], "metadata_schema_violation needs a listed attachment"
+        content["attachments"][0]["purpose"] = INVALID_PURPOSE
     version = plan.metadata_version or plan.version
     metadata: dict[str, Any] = {
         "$schema": f"https://schema.fitko.de/fit-connect/metadata/{version}/metadata.schema.json",
@@ -232,6 +257,7 @@ def build(plan: EvilPlan) -> BuiltSubmission:
         data_token=data_token,
         metadata=metadata,
         replacements=replacements,
+        broken_events=("submit-submission",) if plan.broken_submit_set else (),
     )
 
 
@@ -312,22 +338,37 @@ class TamperingTransport(httpx.AsyncBaseTransport):
 
     ``replace(built)`` registers a built submission's ``replacements``: the subscriber then gets
     the other ciphertext of the metadata / data (in ``GET /v1/submissions/{id}``) or of an
-    attachment (``GET …/attachments/{id}``). Everything else passes through unchanged.
+    attachment (``GET …/attachments/{id}``); and its ``broken_events``: in the case's event log
+    (``GET /v1/cases/{id}/events``) this submission's SETs of those events come re-signed with
+    the "other" key. Everything else passes through unchanged.
     """
 
     def __init__(self, inner: httpx.AsyncBaseTransport | None = None) -> None:
         self.inner = inner or httpx.AsyncHTTPTransport()
         self._by_submission: dict[str, dict[str, str]] = {}
+        self._broken_by_case: dict[str, tuple[str, set[str]]] = {}
+        self.resigned = 0  # SETs re-signed so far
 
     def replace(self, built: BuiltSubmission) -> None:
         assert built.submission_id is not None
         self._by_submission[built.submission_id] = dict(built.replacements)
+        if built.broken_events:
+            assert built.case_id is not None
+            self._broken_by_case[built.case_id] = (built.submission_id, set(built.broken_events))
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         response = await self.inner.handle_async_request(request)
         if request.method != "GET":
             return response
         path = request.url.path
+        if m := re.fullmatch(r".*/v1/cases/([^/]+)/events", path):
+            broken = self._broken_by_case.get(m.group(1))
+            if broken is not None and response.status_code == 200:
+                body = json.loads(await response.aread())
+                await response.aclose()
+                body["eventLog"] = [self._resign(token, *broken) for token in body["eventLog"]]
+                return httpx.Response(200, json=body)
+            return response
         if m := re.fullmatch(r".*/v1/submissions/([^/]+)/attachments/([^/]+)", path):
             swap = self._by_submission.get(m.group(1), {}).get(m.group(2))
             if swap is not None and response.status_code == 200:
@@ -348,6 +389,14 @@ class TamperingTransport(httpx.AsyncBaseTransport):
                     body["encryptedData"] = swaps["data"]
                 return httpx.Response(200, json=body)
         return response
+
+    def _resign(self, token: str, submission_id: str, events: set[str]) -> str:
+        parsed = parse_set(token)
+        if parsed.submission_id != submission_id or parsed.event.short_name not in events:
+            return token
+        jws = parse_compact(token)
+        self.resigned += 1
+        return sign_compact(jws.header, jws.payload, rsa_key(OTHER_KEY_INDEX))
 
     async def aclose(self) -> None:
         await self.inner.aclose()

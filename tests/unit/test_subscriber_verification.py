@@ -72,6 +72,9 @@ SWITCHES: dict[str, dict[str, Any]] = {
     "reply_channel": {"reply_channel": {"deMail": {"address": "erika@example.de-mail.de"}}},
     "extra_attachment_in_metadata": {"extra_attachment_in_metadata": True},
     "missing_attachment_in_metadata": {"missing_attachment_in_metadata": True},
+    "unoffered_data_schema": {"unoffered_data_schema": "urn:example:not-offered-schema:1.0"},
+    "metadata_schema_violation": {"metadata_schema_violation": True},
+    "broken_submit_set": {"broken_submit_set": True},
 }
 
 
