@@ -86,6 +86,8 @@ DEFAULT_DATA_DIR = Path(".fitconnect-dev")
 DEMO_CALLBACK_PATH = "/demo-fachverfahren/callbacks"
 SEED_FORMAT_VERSION = 1
 PROFILE_NAME = "local"
+#: Member of the registered profile naming the data directory it belongs to.
+REGISTERED_DATA_DIR_MEMBER = "dataDir"
 DEMO_REGION = "DE"
 DEMO_REPLY_CHANNELS: dict[str, Any] = {"eMail": {}, "fitConnect": {}}
 DEMO_DESTINATION_NAME = "Demo-Zustellpunkt (fitconnect dev)"
@@ -492,7 +494,7 @@ class DevStack:
         finally:
             await database.dispose()
         _write_private_json(self.paths.seed, seed.to_json())
-        profile_path, registered = self._write_profiles(seed)
+        profile_path, registered = self._write_profiles(seed, warnings)
         self._write_demo_files()
         self.paths.fachverfahren_dir.mkdir(mode=0o700, exist_ok=True)
         self.info = DevInfo(
@@ -696,6 +698,9 @@ class DevStack:
         return replace(seed, managed_callback_url=wanted)
 
     def profile(self, seed: DevSeed, *, absolute_keys: bool = False) -> Profile:
+        """The ``local`` profile; ``absolute_keys`` for the registered copy (which also names
+        the data directory as ``dataDir``, so another checkout's start can tell it apart)."""
+
         def key_path(name: str) -> Path:
             path = self.paths.key_file(name)
             return path if absolute_keys else path.relative_to(self.paths.data_dir)
@@ -716,17 +721,41 @@ class DevStack:
                 "encryptionPrivate": key_path("encryption_private"),
                 "signingPrivate": key_path("signing_private"),
             },
+            extra={REGISTERED_DATA_DIR_MEMBER: str(self.paths.data_dir)} if absolute_keys else {},
         )
 
-    def _write_profiles(self, seed: DevSeed) -> tuple[Path, Path | None]:
+    def _write_profiles(
+        self, seed: DevSeed, warnings: list[str] | None = None
+    ) -> tuple[Path, Path | None]:
+        """Write ``profile.json`` and register a copy in the config home.
+
+        The registration follows the stack started last. When it pointed at the data directory
+        of another stack that still exists (another checkout), a note naming both goes into
+        ``warnings`` (shown in the welcome text): ``--env local`` outside a data directory's
+        parent now reaches this stack.
+        """
         path = self.profile(seed).save(self.paths.profile)
         registered: Path | None = None
         if self.options.register_profile:
             target = config_home() / "profiles" / f"{PROFILE_NAME}.json"
+            other = registered_data_dir(target)
             try:
                 registered = self.profile(seed, absolute_keys=True).save(target)
             except OSError as exc:
                 logger.warning("could not register the profile as %s: %s", target, exc.strerror)
+            else:
+                if (
+                    other is not None
+                    and other.is_dir()
+                    and other.resolve() != self.paths.data_dir.resolve()
+                ):
+                    notice = (
+                        f"the registered local profile {target} pointed at the data directory "
+                        f"{other}; it now points at {self.paths.data_dir} (this stack)"
+                    )
+                    logger.info("%s", notice)
+                    if warnings is not None:
+                        warnings.append(notice)
         return path, registered
 
     def _write_demo_files(self) -> None:
@@ -985,6 +1014,25 @@ def _configure_logging(level: str) -> None:
 
 
 # --- the welcome text ----------------------------------------------------------------------------
+
+
+def registered_data_dir(path: Path) -> Path | None:
+    """The data directory a registered ``local`` profile belongs to, if it tells.
+
+    ``dataDir`` (written since it exists), else derived from the absolute key paths
+    (``<dataDir>/keys/…``); ``None`` for a missing, unreadable or foreign profile.
+    """
+    try:
+        registered = Profile.load(path)
+    except (FitConnectError, OSError):
+        return None
+    named = registered.extra.get(REGISTERED_DATA_DIR_MEMBER)
+    if isinstance(named, str) and named:
+        return Path(named).expanduser().absolute()
+    key = registered.keys.get("encryptionPrivate")
+    if key is not None and key.is_absolute() and key.parent.name == "keys":
+        return key.parent.parent
+    return None
 
 
 def shown_path(path: Path, cwd: Path | None = None) -> str:

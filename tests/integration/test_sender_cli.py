@@ -206,6 +206,8 @@ def test_send_with_attachments_and_wait_then_status(
     )
     assert code == 0, err
     sent = json.loads(out)
+    # The ids came first, on stderr (before the wait; stdout stays one JSON document).
+    assert f"submissionId {sent['submissionId']}, caseId {sent['caseId']}" in err
     assert decider.result() == sent["submissionId"]
     assert sent["destinationId"] == stack.destination.destination_id
     assert len(sent["attachmentIds"]) == 2
@@ -230,6 +232,15 @@ def test_send_with_attachments_and_wait_then_status(
     assert code == 0, err
     assert "status: accepted" in out
     assert "all SETs verified, tags match" in out
+
+    # The profile's URL changed as after `fitconnect dev --port …` (another loopback URL of
+    # the same local stack): --last still finds the submission.
+    document = json.loads(profile.read_text(encoding="utf-8"))
+    document["submissionApiUrl"] = document["submissionApiUrl"].replace("127.0.0.1", "localhost")
+    profile.write_text(json.dumps(document), encoding="utf-8")
+    code, out, err = run(capsys, "status", "--profile", str(profile), "--last", "--json")
+    assert code == 0, err
+    assert json.loads(out)["caseId"] == sent["caseId"]
 
 
 def test_send_rejected_exits_3_with_the_problems(
@@ -383,6 +394,13 @@ def test_switching_the_cli_to_fitkos_test_environment_by_variables_only(
     code, out, err = run(capsys, "destination", "show", stack.destination.destination_id, "--json")
     assert code == 0, err
     assert json.loads(out)["environment"] == "test"
+    # `profile show` shows the preset and where the credentials come from (no profile file).
+    code, out, err = run(capsys, "profile", "show", "--json")
+    assert code == 0, err
+    shown = json.loads(out)
+    assert shown["environment"] == "test"
+    assert shown["credentialsFromEnvironment"]["clientId"] == client.client_id
+    assert client.client_secret not in out
     assert hosts == {
         "auth-testing.fit-connect.fitko.dev",
         "submission-api-testing.fit-connect.fitko.dev",

@@ -38,6 +38,11 @@ admin_app.add_typer(client_app, name="client")
 admin_app.add_typer(destination_app, name="destination")
 
 CALLBACK_SECRET_ENV = "FITCONNECT_CALLBACK_SECRET"  # noqa: S105 - a variable name
+# The subscriber scopes (as in server/auth.py, not imported: it pulls in FastAPI).
+SCOPE_BASE = "https://schema.fitko.de/fit-connect/oauth/scopes/"
+SCOPE_SHORT_FORMS = {
+    name: SCOPE_BASE + name for name in ("subscribe-destinations", "manage-destinations")
+}
 REPLY_CHANNELS = ("eMail", "deMail", "fink", "elster", "fitConnect")
 
 _state: dict[str, Path | None] = {"config": None}
@@ -78,6 +83,12 @@ def _print_json(value: Any) -> None:
 # --- clients -------------------------------------------------------------------------------------
 
 
+def expand_scopes(scopes: list[str]) -> list[str]:
+    """The scopes with short forms (``subscribe-destinations``, ``manage-destinations``)
+    expanded to their full URIs; everything else as given (the server checks it)."""
+    return [SCOPE_SHORT_FORMS.get(s.strip(), s.strip()) for s in scopes]
+
+
 @client_app.command("create")
 def client_create(
     kind: Annotated[str, typer.Option("--kind", help="sender or subscriber")],
@@ -86,18 +97,28 @@ def client_create(
         list[str] | None,
         typer.Option(
             "--scope",
-            help="Scope (repeatable). Default: send:region:DE (sender) or "
-            "subscribe-destinations (subscriber).",
+            help="Scope (repeatable). Senders: send:region:DE… (e.g. send:region:DE09). "
+            "Subscribers: subscribe-destinations, manage-destinations (short forms of the "
+            "full URIs above). Default: send:region:DE (sender) or subscribe-destinations "
+            "(subscriber).",
         ),
     ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Create a client and print its id and secret (the secret is shown only this once)."""
+    """Create a client and print its id and secret (the secret is shown only this once).
+
+    Subscriber scopes (--scope takes the short form or the full URI):
+
+    subscribe-destinations = https://schema.fitko.de/fit-connect/oauth/scopes/subscribe-destinations
+
+    manage-destinations = https://schema.fitko.de/fit-connect/oauth/scopes/manage-destinations
+    """
     from fitconnect_kit.server.admin import create_client
 
     if kind not in ("sender", "subscriber"):
         fail(f"--kind must be sender or subscriber, got {kind!r}", EXIT_USAGE)
-    created = _run(lambda db, _c: create_client(db, kind=kind, name=name, scopes=scope))
+    scopes = expand_scopes(scope) if scope else None
+    created = _run(lambda db, _c: create_client(db, kind=kind, name=name, scopes=scopes))
     if as_json:
         _print_json(
             {

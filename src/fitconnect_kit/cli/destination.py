@@ -92,9 +92,12 @@ def _print_report(report: DestinationReport, environment: str) -> None:
         + (f"  → sending with {report.metadata_version}" if report.metadata_version else "")
     )
     if dest.reply_channels is not None:
+        # The top-level replyChannels is the old form (deprecated since Submission API 1.3.0);
+        # a service's own replyChannels wins, the top-level list only applies to services
+        # without one.
         stdout.print(
-            "reply channels (all services, deprecated): "
-            + (", ".join(dest.reply_channels.channel_names()) or "none")
+            "reply channels, top-level (old form, deprecated since API 1.3.0; a service's own "
+            "list wins): " + (", ".join(dest.reply_channels.channel_names()) or "none")
         )
     for service in dest.services:
         stdout.print(f"[bold]service[/bold] {service.identifier}")
@@ -103,11 +106,12 @@ def _print_report(report: DestinationReport, environment: str) -> None:
             "  data schemas: " + ("\n                ".join(schemas) or "none"), markup=False
         )
         stdout.print("  regions: " + (", ".join(service.regions) or "—"), markup=False)
-        channels = (
-            ", ".join(service.reply_channels.channel_names()) or "none (answer by post)"
-            if service.reply_channels is not None
-            else "see above"
-        )
+        if service.reply_channels is not None:
+            channels = ", ".join(service.reply_channels.channel_names()) or "none (answer by post)"
+        elif dest.reply_channels is not None:
+            channels = "no list of its own — the top-level list above applies"
+        else:
+            channels = "none (answer by post)"
         stdout.print(f"  reply channels: {channels}")
     key_state = "[green]valid[/green]" if report.key_valid else "[red]REJECTED[/red]"
     stdout.print(f"encryption key: {report.encryption_kid}  {key_state}")

@@ -17,6 +17,7 @@ from rich.progress import (
 
 from fitconnect_kit.cli._common import (
     EXIT_CHECK_FAILED,
+    EXIT_ERROR,
     EXIT_NOT_FOUND,
     EXIT_USAGE,
     JsonOption,
@@ -32,6 +33,7 @@ from fitconnect_kit.cli.profile import (
     remember_last_sent,
 )
 from fitconnect_kit.cli.status import print_report
+from fitconnect_kit.client.errors import WaitTimeoutError
 from fitconnect_kit.client.sender import SentSubmission, StatusReport
 from fitconnect_kit.client.submission import SubmissionBuilder
 from fitconnect_kit.protocol.metadata import AttachmentPurpose
@@ -173,9 +175,21 @@ def send(
         remember_last_sent(sender, sent)  # for `fitconnect status --last`
         report: StatusReport | None = None
         if wait:
+            # The ids first (stderr: stdout stays one JSON document), so a timeout loses nothing.
+            stderr.print(
+                f"submitted: submissionId {sent.submission_id}, caseId {sent.case_id}",
+                markup=False,
+            )
             if not as_json:
                 stderr.print(f"waiting up to {timeout:.0f} s for the receiving system …")
-            report = sender.wait(sent, timeout=timeout)
+            try:
+                report = sender.wait(sent, timeout=timeout)
+            except WaitTimeoutError as exc:
+                fail(
+                    f"{exc}; caseId {sent.case_id} — look again later with `fitconnect status "
+                    f"--case {sent.case_id}` (or --last)",
+                    EXIT_ERROR,
+                )
 
     _print_result(sent, report, as_json=as_json)
     if report is not None and report.rejected:
