@@ -2,35 +2,45 @@
 
 Columns: ``snd`` the sender that owns the resources, ``snd2`` another sender, ``sub`` a
 subscriber linked to the destination, ``sub2`` a subscriber linked to another destination,
-``mgr`` a subscriber with the manage scope allowed to manage the destination, ``none`` no token,
-``exp`` an expired token (ManualClock).
+``mgr`` a subscriber with the manage scope allowed to manage the destination, ``mgr2`` one
+allowed to manage only another destination, ``none`` no token, ``exp`` an expired token
+(ManualClock) — each of sender, subscriber and manager with its own, all get this answer.
 
-| Endpoint                                        | snd | snd2 | sub | sub2 | mgr  | none | exp |
-|-------------------------------------------------|-----|------|-----|------|------|------|-----|
-| POST   /v1/submissions                          | 201 | 201  | 403 | 403  | 403  | 401  | 401 |
-| PUT    /v1/submissions/{id}/attachments/{aid}   | 204 | 404  | 403 | 403  | 403  | 401  | 401 |
-| PUT    /v1/submissions/{id}                     | 202 | 404  | 403 | 403  | 403  | 401  | 401 |
-| GET    /v1/submissions                          | 403 | 403  | 200 | 200  | 200  | 401  | 401 |
-| GET    /v1/submissions?destinationId={this}     | 403 | 403  | 200 | 403  | 200  | 401  | 401 |
-| GET    /v1/submissions/{id}                     | 403 | 403  | 200 | 404  | 200  | 401  | 401 |
-| GET    /v1/submissions/{id}/attachments/{aid}   | 403 | 403  | 200 | 404  | 200  | 401  | 401 |
-| GET    /v1/cases/{caseId}/events                | 200 | 404  | 200 | 404  | 200  | 401  | 401 |
-| GET    /v1/submissions/{id}/events              | 200 | 404  | 200 | 404  | 200  | 401  | 401 |
-| POST   /v1/cases/{caseId}/events                | 403 | 403  | 204 | 404  | 204  | 401  | 401 |
-| GET    /v1/destinations/{id}                    | 200 | 200  | 200 | 200  | 200* | 401  | 401 |
-| GET    /v1/destinations/{id}/keys/{kid}         | 200 | 200  | 200 | 200  | 200  | 200  | 200 |
-| GET    /v1/destinations                         | 403 | 403  | 403 | 403  | 200  | 401  | 401 |
-| POST   /v1/destinations                         | 403 | 403  | 403 | 403  | 201  | 401  | 401 |
-| PUT    /v1/destinations/{id}                    | 403 | 403  | 403 | 403  | 200  | 401  | 401 |
-| PATCH  /v1/destinations/{id}                    | 403 | 403  | 403 | 403  | 200  | 401  | 401 |
-| DELETE /v1/destinations/{id}                    | 403 | 403  | 403 | 403  | 204  | 401  | 401 |
-| POST   /v1/destinations/{id}/keys               | 403 | 403  | 403 | 403  | 201  | 401  | 401 |
+| Endpoint                                   | snd | snd2 | sub | sub2 | mgr  | mgr2 | none | exp |
+|--------------------------------------------|-----|------|-----|------|------|------|------|-----|
+| POST /token (own client credentials)       | 200 | 200  | 200 | 200  | 200  | 200  | 401  | 200 |
+| POST /token (wrong client secret)          | 401 | 401  | 401 | 401  | 401  | 401  | 401  | 401 |
+| GET /v1/info                               | 200 | 200  | 200 | 200  | 200  | 200  | 200  | 200 |
+| GET /.well-known/jwks.json                 | 200 | 200  | 200 | 200  | 200  | 200  | 200  | 200 |
+| POST /v1/submissions                       | 201 | 201  | 403 | 403  | 403  | 403  | 401  | 401 |
+| PUT /v1/submissions/{id}/attachments/{aid} | 204 | 404  | 403 | 403  | 403  | 403  | 401  | 401 |
+| PUT /v1/submissions/{id}                   | 202 | 404  | 403 | 403  | 403  | 403  | 401  | 401 |
+| GET /v1/submissions                        | 403 | 403  | 200 | 200  | 200  | 200  | 401  | 401 |
+| GET /v1/submissions?destinationId={this}   | 403 | 403  | 200 | 403  | 200  | 403  | 401  | 401 |
+| GET /v1/submissions/{id}                   | 403 | 403  | 200 | 404  | 200  | 404  | 401  | 401 |
+| GET /v1/submissions/{id}/attachments/{aid} | 403 | 403  | 200 | 404  | 200  | 404  | 401  | 401 |
+| GET /v1/cases/{caseId}/events              | 200 | 404  | 200 | 404  | 200  | 404  | 401  | 401 |
+| GET /v1/submissions/{id}/events            | 200 | 404  | 200 | 404  | 200  | 404  | 401  | 401 |
+| POST /v1/cases/{caseId}/events             | 403 | 403  | 204 | 404  | 204  | 404  | 401  | 401 |
+| GET /v1/destinations/{id}                  | 200 | 200  | 200 | 200  | 200* | 200  | 401  | 401 |
+| GET /v1/destinations/{id}/keys/{kid}       | 200 | 200  | 200 | 200  | 200  | 200  | 200  | 200 |
+| GET /v1/destinations                       | 403 | 403  | 403 | 403  | 200  | 200  | 401  | 401 |
+| POST /v1/destinations                      | 403 | 403  | 403 | 403  | 201  | 201  | 401  | 401 |
+| PUT /v1/destinations/{id}                  | 403 | 403  | 403 | 403  | 200  | 403  | 401  | 401 |
+| PATCH /v1/destinations/{id}                | 403 | 403  | 403 | 403  | 200  | 403  | 401  | 401 |
+| DELETE /v1/destinations/{id}               | 403 | 403  | 403 | 403  | 204  | 403  | 401  | 401 |
+| POST /v1/destinations/{id}/keys            | 403 | 403  | 403 | 403  | 201  | 403  | 401  | 401 |
 
-\\* the owner view (with ``callback``, ``contactInformation``, ``name``). The 404s are the answers
-for unknown resources (``submission-not-found``/``case-not-found``): foreign resources do not
-leak. A sender token also needs a ``send:region:`` scope covering a region of the service;
-subscribers act only on destinations their client is linked to (403 ``forbidden``, or 404 where
-the resource is addressed by its own id).
+\\* the owner view (with ``callback``, ``contactInformation``, ``name``); everyone else, ``mgr2``
+too, gets the public view. The 404s are the answers for unknown resources
+(``submission-not-found``/``case-not-found``): foreign resources do not leak. A sender token also
+needs a ``send:region:`` scope covering a region of the service; subscribers act only on
+destinations their client is linked to (403 ``forbidden``, or 404 where the resource is addressed
+by its own id). ``POST /token`` answers OAuth errors (``invalid_client``, not problem JSON): in
+the ``none`` column the form has no client credentials at all, in the ``exp`` column the client
+whose token expired simply gets a new one; the wrong-secret row uses the column's client id
+(``none``: an unknown one). ``/v1/info``, the JWKS and destination keys are public: a token, even
+an expired one, is ignored there.
 """
 
 from __future__ import annotations
@@ -61,28 +71,48 @@ from tests.support.seed import (
     shared_live_server,
 )
 
-COLUMNS = ("sender", "other sender", "subscriber", "other sub", "manager", "none", "expired")
+COLUMNS = (
+    "sender",
+    "other sender",
+    "subscriber",
+    "other sub",
+    "manager",
+    "other mgr",
+    "none",
+    "expired",
+)
+#: Whose expired tokens the ``expired`` column tries (each one on every row).
+EXPIRED_ROLES = ("sender", "subscriber", "manager")
+#: Rows answered by the OAuth token endpoint (OAuth error JSON, not problem JSON).
+TOKEN_ROWS = frozenset(
+    {"POST /token (own client credentials)", "POST /token (wrong client secret)"}
+)
 
 #: The table of the module docstring, row by row.
 EXPECTED: dict[str, tuple[int, ...]] = {
-    "POST /v1/submissions": (201, 201, 403, 403, 403, 401, 401),
-    "PUT /v1/submissions/{id}/attachments/{aid}": (204, 404, 403, 403, 403, 401, 401),
-    "PUT /v1/submissions/{id}": (202, 404, 403, 403, 403, 401, 401),
-    "GET /v1/submissions": (403, 403, 200, 200, 200, 401, 401),
-    "GET /v1/submissions?destinationId={this}": (403, 403, 200, 403, 200, 401, 401),
-    "GET /v1/submissions/{id}": (403, 403, 200, 404, 200, 401, 401),
-    "GET /v1/submissions/{id}/attachments/{aid}": (403, 403, 200, 404, 200, 401, 401),
-    "GET /v1/cases/{caseId}/events": (200, 404, 200, 404, 200, 401, 401),
-    "GET /v1/submissions/{id}/events": (200, 404, 200, 404, 200, 401, 401),
-    "POST /v1/cases/{caseId}/events": (403, 403, 204, 404, 204, 401, 401),
-    "GET /v1/destinations/{id}": (200, 200, 200, 200, 200, 401, 401),
-    "GET /v1/destinations/{id}/keys/{kid}": (200, 200, 200, 200, 200, 200, 200),
-    "GET /v1/destinations": (403, 403, 403, 403, 200, 401, 401),
-    "POST /v1/destinations": (403, 403, 403, 403, 201, 401, 401),
-    "PUT /v1/destinations/{id}": (403, 403, 403, 403, 200, 401, 401),
-    "PATCH /v1/destinations/{id}": (403, 403, 403, 403, 200, 401, 401),
-    "DELETE /v1/destinations/{id}": (403, 403, 403, 403, 204, 401, 401),
-    "POST /v1/destinations/{id}/keys": (403, 403, 403, 403, 201, 401, 401),
+    # Cells in COLUMNS order: snd, snd2, sub, sub2, mgr, mgr2, none, exp.
+    "POST /token (own client credentials)": (200, 200, 200, 200, 200, 200, 401, 200),
+    "POST /token (wrong client secret)": (401, 401, 401, 401, 401, 401, 401, 401),
+    "GET /v1/info": (200, 200, 200, 200, 200, 200, 200, 200),
+    "GET /.well-known/jwks.json": (200, 200, 200, 200, 200, 200, 200, 200),
+    "POST /v1/submissions": (201, 201, 403, 403, 403, 403, 401, 401),
+    "PUT /v1/submissions/{id}/attachments/{aid}": (204, 404, 403, 403, 403, 403, 401, 401),
+    "PUT /v1/submissions/{id}": (202, 404, 403, 403, 403, 403, 401, 401),
+    "GET /v1/submissions": (403, 403, 200, 200, 200, 200, 401, 401),
+    "GET /v1/submissions?destinationId={this}": (403, 403, 200, 403, 200, 403, 401, 401),
+    "GET /v1/submissions/{id}": (403, 403, 200, 404, 200, 404, 401, 401),
+    "GET /v1/submissions/{id}/attachments/{aid}": (403, 403, 200, 404, 200, 404, 401, 401),
+    "GET /v1/cases/{caseId}/events": (200, 404, 200, 404, 200, 404, 401, 401),
+    "GET /v1/submissions/{id}/events": (200, 404, 200, 404, 200, 404, 401, 401),
+    "POST /v1/cases/{caseId}/events": (403, 403, 204, 404, 204, 404, 401, 401),
+    "GET /v1/destinations/{id}": (200, 200, 200, 200, 200, 200, 401, 401),
+    "GET /v1/destinations/{id}/keys/{kid}": (200, 200, 200, 200, 200, 200, 200, 200),
+    "GET /v1/destinations": (403, 403, 403, 403, 200, 200, 401, 401),
+    "POST /v1/destinations": (403, 403, 403, 403, 201, 201, 401, 401),
+    "PUT /v1/destinations/{id}": (403, 403, 403, 403, 200, 403, 401, 401),
+    "PATCH /v1/destinations/{id}": (403, 403, 403, 403, 200, 403, 401, 401),
+    "DELETE /v1/destinations/{id}": (403, 403, 403, 403, 204, 403, 401, 401),
+    "POST /v1/destinations/{id}/keys": (403, 403, 403, 403, 201, 403, 401, 401),
 }
 
 
@@ -102,6 +132,8 @@ class Ctx:
     http: httpx.Client
     dest: SeededDestination
     clients: dict[str, ClientCredentials]
+    #: The role of the column being called ("none" without one; a role for ``expired``).
+    column: str = "none"
     _tokens: dict[str, dict[str, str]] = field(default_factory=dict)
     _shared: SentSubmission | None = None
 
@@ -197,7 +229,25 @@ def _add_key(ctx: Ctx, headers: dict[str, str]) -> httpx.Response:
     )
 
 
+def _own_token(ctx: Ctx, headers: dict[str, str]) -> httpx.Response:
+    form = {"grant_type": "client_credentials"}
+    if ctx.column != "none":
+        client = ctx.clients[ctx.column]
+        form |= {"client_id": client.client_id, "client_secret": client.client_secret}
+    return ctx.http.post("/token", data=form)
+
+
+def _wrong_secret(ctx: Ctx, headers: dict[str, str]) -> httpx.Response:
+    client_id = new_id() if ctx.column == "none" else ctx.clients[ctx.column].client_id
+    form = {"grant_type": "client_credentials", "client_id": client_id, "client_secret": "wrong"}
+    return ctx.http.post("/token", data=form)
+
+
 CALLS: dict[str, Call] = {
+    "POST /token (own client credentials)": _own_token,
+    "POST /token (wrong client secret)": _wrong_secret,
+    "GET /v1/info": lambda c, h: c.http.get("/v1/info", headers=h),
+    "GET /.well-known/jwks.json": lambda c, h: c.http.get("/.well-known/jwks.json", headers=h),
     "POST /v1/submissions": lambda c, h: c.http.post(
         "/v1/submissions", json=announce_body(c.dest.destination_id), headers=h
     ),
@@ -244,6 +294,27 @@ CALLS: dict[str, Call] = {
 }
 
 
+def _check_answer(row: str, response: httpx.Response, *, expired: bool) -> None:
+    """The body of an answer that has the expected status: what kind of refusal it is."""
+    status = response.status_code
+    if row in TOKEN_ROWS:
+        assert response.headers["cache-control"] == "no-store"
+        if status == 200:
+            assert response.json()["token_type"] == "Bearer"
+        else:
+            assert response.headers["content-type"] == "application/json"
+            assert response.json()["error"] == "invalid_client"
+        return
+    if status < 400:
+        return
+    assert response.headers["content-type"] == PROBLEM_JSON_MEDIA_TYPE
+    if expired and status == 401:
+        body = response.json()
+        assert body["type"] == SUBMISSION_API_PROBLEM_BASE + "unauthorized"
+        assert "expired" in body["detail"]
+        assert "invalid_token" in response.headers["www-authenticate"]
+
+
 def test_scope_matrix(live: LiveServer) -> None:
     seed = live.seed
     dest = seed.destination()
@@ -254,39 +325,54 @@ def test_scope_matrix(live: LiveServer) -> None:
         "subscriber": seed.subscriber(dest.destination_id),
         "other sub": seed.subscriber(other.destination_id),
         "manager": seed.subscriber(dest.destination_id, manage=True),
+        "other mgr": seed.subscriber(other.destination_id, manage=True),
     }
-    assert set(CALLS) == set(EXPECTED)
+    assert list(CALLS) == list(EXPECTED)
+    assert all(len(cells) == len(COLUMNS) for cells in EXPECTED.values())
     mismatches: list[str] = []
+
+    def check(ctx: Ctx, row: str, column: str, headers: dict[str, str], label: str) -> None:
+        response = CALLS[row](ctx, headers)
+        expected = EXPECTED[row][COLUMNS.index(column)]
+        if response.status_code != expected:
+            mismatches.append(
+                f"{row} as {label}: {response.status_code} != {expected} ({response.text[:200]})"
+            )
+        else:
+            _check_answer(row, response, expired=column == "expired")
+
     with live.client() as http:
         ctx = Ctx(live, http, dest, clients)
-        for column_index, column in enumerate(COLUMNS[:-1]):  # "expired" comes last
-            for row, call in CALLS.items():
-                headers = {} if column == "none" else ctx.auth(column)
-                response = call(ctx, headers)
-                expected = EXPECTED[row][column_index]
-                if response.status_code != expected:
-                    mismatches.append(
-                        f"{row} as {column}: {response.status_code} != {expected} "
-                        f"({response.text[:200]})"
-                    )
-                elif expected >= 400:
-                    assert response.headers["content-type"] == PROBLEM_JSON_MEDIA_TYPE
-        # Expired: a sender's token after its lifetime.
-        expired = ctx.auth("sender")
+        for column in COLUMNS[:-1]:  # "expired" comes last
+            ctx.column = column
+            headers = {} if column == "none" else ctx.auth(column)
+            for row in CALLS:
+                check(ctx, row, column, headers, column)
+        # Only the managers of a destination get its owner view.
+        for column, owner_view in (("manager", True), ("other mgr", False), ("subscriber", False)):
+            view = http.get(f"/v1/destinations/{dest.destination_id}", headers=ctx.auth(column))
+            assert ("name" in view.json()) is owner_view, (column, view.json())
+
+        # Expired: each role's own token after its lifetime.
+        expired = {role: ctx.auth(role) for role in EXPIRED_ROLES}
         live.manual_clock.advance(timedelta(seconds=live.config.token_lifetime + 1))
         ctx.forget_tokens()
-        column_index = COLUMNS.index("expired")
-        for row, call in CALLS.items():
-            response = call(ctx, expired)
-            expected = EXPECTED[row][column_index]
-            if response.status_code != expected:
-                mismatches.append(f"{row} as expired: {response.status_code} != {expected}")
-            elif expected == 401:
-                body = response.json()
-                assert body["type"] == SUBMISSION_API_PROBLEM_BASE + "unauthorized"
-                assert "expired" in body["detail"]
-                assert "invalid_token" in response.headers["www-authenticate"]
+        for role, headers in expired.items():
+            ctx.column = role
+            for row in CALLS:
+                check(ctx, row, "expired", headers, f"expired {role}")
     assert not mismatches, "\n".join(mismatches)
+
+
+def test_the_docstring_table_is_the_expected_matrix() -> None:
+    rows = [line for line in (__doc__ or "").splitlines() if line.startswith("| ")]
+    header, *body = ([cell.strip() for cell in line.strip("|").split("|")] for line in rows)
+    assert len(header) == len(COLUMNS) + 1
+    documented = {
+        " ".join(cells[0].split()): tuple(int(cell.rstrip("*")) for cell in cells[1:])
+        for cells in body
+    }
+    assert documented == EXPECTED
 
 
 def test_insufficient_scope_challenges(live: LiveServer) -> None:

@@ -13,12 +13,12 @@ import pytest
 
 from fitconnect_kit.protocol.api import SubmissionStatus as ApiStatus
 from fitconnect_kit.protocol.callbacks import new_events_body
-from fitconnect_kit.protocol.events import derive_state
+from fitconnect_kit.protocol.events import SubmissionState, derive_state
 from fitconnect_kit.protocol.problems import REJECT_PROBLEM_BASE, RejectProblems
 from fitconnect_kit.server.domain.deadlines import DeadlinePassResult, run_deadlines_pass
 from fitconnect_kit.server.storage.blobs import FileBlobStore
 from tests.integration.conftest import StartServer
-from tests.support.db import DbBackend
+from tests.support.db import DbBackend, stored_status
 from tests.support.live import LiveServer
 from tests.support.seed import SeededDestination
 from tests.support.submissions import (
@@ -73,6 +73,19 @@ def _assert_blobs_gone(live: LiveServer, seeded: SeededSubmission) -> None:
             assert not store.path_for(key).exists()
 
 
+def _assert_status_from_log(
+    live: LiveServer, seeded: SeededSubmission, destination: SeededDestination | None = None
+) -> SubmissionState:
+    """The stored ``submissions.status`` is the status derived from the verified event log."""
+    state = derive_state(
+        verified_log(live, seeded.case_id, destination), submission_id=seeded.submission_id
+    )
+    row = load_submission(live, seeded.submission_id)
+    assert row is not None
+    assert row.status == stored_status(state.status), (row.status, state)
+    return state
+
+
 def _new_events_targets(live: LiveServer, seeded: SeededSubmission) -> list[str]:
     body = new_events_body(
         [
@@ -111,6 +124,7 @@ def test_incomplete_submission_is_deleted_after_one_day(
     assert event_names(log) == ["create-submission", "delete-submission"]
     assert log[-1].issuer == live.base_url
     assert derive_state(log).status is ApiStatus.DELETED
+    assert _assert_status_from_log(live, seeded).status is ApiStatus.DELETED
     # The sender hears of it; the destination never knew the submission.
     assert _new_events_targets(live, seeded) == ["sender"]
 
@@ -126,6 +140,7 @@ def test_operator_reminders_on_day_3_and_9(
     waiting = create_submission(live, destination, attachments=0)
     fetched = create_submission(live, destination, attachments=0)
     fetch_submission(live, fetched.submission_id)
+    assert _assert_status_from_log(live, fetched).status is ApiStatus.NOTIFIED
     live.manual_clock.advance(3 * DAY - SECOND)
     assert _pass(live).reminders == 0
 
@@ -146,6 +161,9 @@ def test_operator_reminders_on_day_3_and_9(
     fetched_row = load_submission(live, fetched.submission_id)
     assert fetched_row is not None
     assert fetched_row.reminders_sent == 0
+    assert _assert_status_from_log(live, waiting).status is ApiStatus.SUBMITTED
+    # Picked up and left undecided: its content went 7 days after the pickup.
+    assert _assert_status_from_log(live, fetched).status is ApiStatus.DELETED
 
     records = [r for r in caplog.records if getattr(r, "event", None) == "operator-reminder"]
     assert [(r.submission_id, r.reminder) for r in records] == [  # type: ignore[attr-defined]
@@ -193,6 +211,7 @@ def test_day_14_reject_then_day_21_deletion(
     state = derive_state(log)
     assert state.status is ApiStatus.REJECTED
     assert state.tag_mismatches() == []
+    assert _assert_status_from_log(live, seeded) == state
     assert _new_events_targets(live, seeded) == ["destination", "sender"]
     assert all(blob_exists(live, key) for key in seeded.blob_keys)
 
@@ -213,6 +232,7 @@ def test_day_14_reject_then_day_21_deletion(
     assert event_names(log)[-1] == "delete-submission"
     state = derive_state(log)
     assert (state.status, state.content_deleted) == (ApiStatus.REJECTED, True)
+    assert _assert_status_from_log(live, seeded) == state
     assert _new_events_targets(live, seeded) == ["destination"] * 2 + ["sender"] * 2
     assert _counts(_pass(live)) == (0,) * 7
     assert len(event_tokens(live, case_id=seeded.case_id)) == 4
@@ -250,10 +270,13 @@ def test_content_deleted_seven_days_after_pickup(
     ]
     assert derive_state(log).status is ApiStatus.ACCEPTED
     assert derive_state(verified_log(live, undecided.case_id)).status is ApiStatus.DELETED
+    assert _assert_status_from_log(live, accepted, destination).status is ApiStatus.ACCEPTED
+    assert _assert_status_from_log(live, undecided).status is ApiStatus.DELETED
     # Later deadlines do nothing more: no day-14 reject for the deleted one, no second delete.
     live.manual_clock.advance(30 * DAY)
     assert _counts(_pass(live)) == (0,) * 7
     assert event_names(verified_log(live, undecided.case_id))[-1] == "delete-submission"
+    assert _assert_status_from_log(live, undecided).status is ApiStatus.DELETED
 
 
 def test_event_log_and_case_deleted_730_days_after_the_last_event(
@@ -333,6 +356,7 @@ def test_concurrent_passes_make_no_duplicates(
             "delete-submission",
         ]
         assert _new_events_targets(first, seeded) == ["sender"]
+        assert _assert_status_from_log(first, seeded).status is ApiStatus.DELETED
     for seeded in submitted:
         assert event_names(verified_log(first, seeded.case_id)) == [
             "create-submission",
@@ -343,5 +367,6 @@ def test_concurrent_passes_make_no_duplicates(
         row = load_submission(first, seeded.submission_id)
         assert row is not None
         assert row.reminders_sent == 2
+        assert _assert_status_from_log(first, seeded).status is ApiStatus.REJECTED
     # A later sequential pass finds nothing left to do at this time.
     assert _counts(_pass(first)) == (0,) * 7

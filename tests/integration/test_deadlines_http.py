@@ -22,6 +22,7 @@ from fitconnect_kit.protocol.events import (
     Event,
     NotifyType,
     SecurityEventToken,
+    SubmissionState,
     derive_state,
     parse_set,
     verify_set,
@@ -30,6 +31,7 @@ from fitconnect_kit.protocol.events import (
 from fitconnect_kit.protocol.problems import RejectProblems
 from tests.integration.conftest import StartServer
 from tests.support.callback_receiver import CallbackReceiver
+from tests.support.db import stored_status
 from tests.support.live import LiveServer
 from tests.support.seed import (
     SeededDestination,
@@ -109,6 +111,14 @@ class World:
     def names(self, sent: SentSubmission) -> list[str]:
         return [st.event.short_name for st in self.log(sent)]
 
+    def assert_status_from_log(self, sent: SentSubmission) -> SubmissionState:
+        """The stored ``submissions.status`` is the status derived from the verified log."""
+        state = derive_state(self.log(sent), submission_id=sent.submission_id)
+        row = load_submission(self.live, sent.submission_id)
+        assert row is not None
+        assert row.status == stored_status(state.status), (row.status, state)
+        return state
+
     def summary(self, sent: SentSubmission) -> list[dict[str, str]]:
         return [
             {
@@ -170,6 +180,7 @@ def test_submit_over_http_calls_back_and_notifies_once(
     _callbacks(world.live)
     notifies = [st.notify_type for st in world.log(sent) if st.event is Event.NOTIFY_SUBMISSION]
     assert notifies == [NotifyType.CALLBACK, NotifyType.POLLING]
+    assert world.assert_status_from_log(sent).status is ApiStatus.NOTIFIED
     assert len(dest_rx.received) == 1
     assert len(sender_rx.received) == 2
 
@@ -181,6 +192,7 @@ def test_unfetched_submission_rejected_on_day_14_and_deleted_on_day_21(
     dest_rx.default_status = 503  # the Fachverfahren is down the whole time
     sent = world.send(sender_rx, attachments=2)
     keys = _blob_keys(world, sent)
+    assert world.assert_status_from_log(sent).status is ApiStatus.SUBMITTED
     world.live.manual_clock.advance(14 * DAY)
     _deadlines(world.live)
     fetched = world.http.get(f"/v1/submissions/{sent.submission_id}", headers=world.subscriber)
@@ -196,6 +208,7 @@ def test_unfetched_submission_rejected_on_day_14_and_deleted_on_day_21(
     assert [p.type for p in reject.problems] == [RejectProblems.SUBMISSION_EXPIRED.type_uri]
     assert reject.authentication_tags == AuthenticationTags.from_json(sent.tags)
     assert derive_state(log).status is ApiStatus.REJECTED
+    assert world.assert_status_from_log(sent).status is ApiStatus.REJECTED
 
     dest_rx.default_status = 200
     world.live.manual_clock.advance(timedelta(seconds=3600))
@@ -213,7 +226,7 @@ def test_unfetched_submission_rejected_on_day_14_and_deleted_on_day_21(
     world.live.manual_clock.advance(7 * DAY)
     _deadlines(world.live)
     assert not any(blob_exists(world.live, key) for key in keys)
-    state = derive_state(world.log(sent))
+    state = world.assert_status_from_log(sent)
     assert (state.status, state.content_deleted) == (ApiStatus.REJECTED, True)
     _callbacks(world.live)
     assert len(sender_rx.received) == 2
@@ -228,6 +241,7 @@ def test_picked_up_and_accepted_then_deleted_after_seven_days(
     world.live.manual_clock.advance(DAY)
     fetched = world.http.get(f"/v1/submissions/{sent.submission_id}", headers=world.subscriber)
     assert fetched.status_code == 200, fetched.text
+    assert world.assert_status_from_log(sent).status is ApiStatus.NOTIFIED
     token = receiver_set(
         world.destination,
         Event.ACCEPT_SUBMISSION.value,
@@ -242,6 +256,7 @@ def test_picked_up_and_accepted_then_deleted_after_seven_days(
         headers=jose_headers(world.subscriber),
     )
     assert posted.status_code == 204, posted.text
+    assert world.assert_status_from_log(sent).status is ApiStatus.ACCEPTED
     world.live.manual_clock.advance(7 * DAY)
     _deadlines(world.live)
     _deadlines(world.live)
@@ -249,21 +264,29 @@ def test_picked_up_and_accepted_then_deleted_after_seven_days(
     names = world.names(sent)
     assert names[-2:] == ["accept-submission", "delete-submission"]
     assert names.count("delete-submission") == 1
-    assert derive_state(world.log(sent)).status is ApiStatus.ACCEPTED
+    state = world.assert_status_from_log(sent)
+    assert (state.status, state.content_deleted) == (ApiStatus.ACCEPTED, True)
+    # The content is gone: submission and attachment answer 409 (as in test_api_submissions).
     attachment_id = next(iter(sent.attachments))
-    download = world.http.get(
-        f"/v1/submissions/{sent.submission_id}/attachments/{attachment_id}",
-        headers=world.subscriber,
+    gone_content = assert_problem(
+        world.http.get(f"/v1/submissions/{sent.submission_id}", headers=world.subscriber),
+        409,
+        "submission-state-invalid",
     )
-    assert download.status_code in (404, 409, 410), download.text
-    row = load_submission(world.live, sent.submission_id)
-    assert row is not None
-    assert row.status == "accepted"
+    assert "can no longer be fetched" in gone_content["detail"]
+    assert_problem(
+        world.http.get(
+            f"/v1/submissions/{sent.submission_id}/attachments/{attachment_id}",
+            headers=world.subscriber,
+        ),
+        409,
+        "submission-state-invalid",
+    )
     # 730 days after the last event the whole case is gone; the API no longer knows it.
     world.live.manual_clock.advance(730 * DAY)
     _deadlines(world.live)
     gone = world.http.get(f"/v1/cases/{sent.case_id}/events", headers=world.sender)
-    assert gone.status_code in (403, 404), gone.text
+    assert_problem(gone, 404, "case-not-found")
     assert load_submission(world.live, sent.submission_id) is None
 
 
@@ -308,12 +331,13 @@ def test_incomplete_submission_over_http_is_deleted_after_a_day(
     _deadlines(world.live)
     assert not any(blob_exists(world.live, key) for key in keys)
     assert world.names(sent) == ["create-submission", "delete-submission"]
+    assert world.assert_status_from_log(sent).status is ApiStatus.DELETED
     late = world.http.put(
         f"/v1/submissions/{sent.submission_id}",
         json={"encryptedMetadata": sent.encrypted_metadata},
         headers=world.sender,
     )
-    assert late.status_code in (404, 409), late.text
+    assert_problem(late, 409, "submission-state-invalid")
     _callbacks(world.live)
     assert [r.body for r in sender_rx.received] == [new_events_body(world.summary(sent))]
     assert all(r.verified for r in sender_rx.received)

@@ -1,10 +1,13 @@
 """Server processes and the admin CLI: ``fitconnect serve``, ``python -m fitconnect_kit.server``
-(several processes on one PostgreSQL) and ``fitconnect admin`` round trips."""
+(several processes on one PostgreSQL), ``uvicorn --factory …:create_app_from_env`` and
+``fitconnect admin`` round trips."""
 
 from __future__ import annotations
 
 import json
+import os
 import signal
+import sys
 from pathlib import Path
 
 import httpx
@@ -12,6 +15,7 @@ import pytest
 
 from fitconnect_kit.cli.main import main
 from fitconnect_kit.protocol.keygen import write_key_set
+from fitconnect_kit.server.config import CONFIG_PATH_ENV, ENV_PREFIX
 from tests.integration.conftest import StartServer
 from tests.support.db import DbBackend
 from tests.support.live import ServerProcess, bind_loopback_socket, free_port, write_config_file
@@ -48,6 +52,70 @@ def test_serve_starts_and_stops_cleanly(
         status = server.stop(signal.SIGTERM)
     assert status == 0, server.output()
     assert "Traceback" not in server.output()
+
+
+class UvicornFactoryProcess(ServerProcess):
+    """``uvicorn --factory fitconnect_kit.server.app:create_app_from_env`` with ``env`` only:
+    the configuration comes from ``FITCONNECT_CONFIG``/``FITCONNECT_SERVER_*`` (the inherited
+    environment's own such variables are dropped)."""
+
+    def __init__(self, port: int, env: dict[str, str]) -> None:
+        super().__init__(Path(os.devnull), port=port)
+        self.command = [
+            *(sys.executable, "-m", "uvicorn", "--factory"),
+            "fitconnect_kit.server.app:create_app_from_env",
+            *("--host", "127.0.0.1", "--port", str(port), "--log-level", "info"),
+        ]
+        inherited = {
+            name: value
+            for name, value in os.environ.items()
+            if not name.startswith(ENV_PREFIX) and name != CONFIG_PATH_ENV
+        }
+        self.env = {**inherited, **env}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source", ["environment", "config-file"])
+def test_uvicorn_factory_starts_and_stops_cleanly(
+    tmp_path: Path, sqlite_backend: DbBackend, source: str
+) -> None:
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    if source == "environment":
+        env = {
+            f"{ENV_PREFIX}BASE_URL": base_url,
+            f"{ENV_PREFIX}DATA_DIR": str(sqlite_backend.data_dir),
+            f"{ENV_PREFIX}DATABASE_URL": sqlite_backend.database_url,
+            f"{ENV_PREFIX}BLOB_STORE": sqlite_backend.blob_store,
+            f"{ENV_PREFIX}RATE_LIMIT__BURST": "500",  # a nested field
+        }
+    else:
+        # The file has a wrong base URL; the environment overrides it.
+        config = write_config_file(
+            tmp_path / "zd.json",
+            sqlite_backend.config(base_url="http://wrong.invalid", log_level="warning"),
+        )
+        env = {CONFIG_PATH_ENV: str(config), f"{ENV_PREFIX}BASE_URL": base_url}
+    database = sqlite_backend.data_dir / "zustelldienst.sqlite3"
+    assert not database.exists()
+    server = UvicornFactoryProcess(port, env).start()
+    try:
+        info = httpx.get(f"{server.base_url}/v1/info", timeout=10)
+        assert info.status_code == 200
+        assert info.json()["implementation"]["name"]
+        assert database.is_file()  # the configured SQLite database, migrated at startup
+        spec = httpx.get(f"{server.base_url}/openapi.json", timeout=10).json()
+        assert spec["servers"] == [{"url": base_url}]
+    finally:
+        status = server.stop(signal.SIGTERM)
+    output = server.output()
+    # A clean stop: the lifespan shut down (workers, database), then uvicorn (≥ 0.29) re-raises
+    # the SIGTERM it captured, so the exit status is -SIGTERM, not 0 — not a kill after timeout.
+    assert status == -signal.SIGTERM, output
+    assert "Application shutdown complete." in output, output
+    assert "Finished server process" in output, output
+    assert "Traceback" not in output
+    assert "ERROR" not in output
 
 
 @pytest.mark.slow

@@ -9,7 +9,10 @@ nodes, callbacks to real receivers. Nothing may be lost or duplicated:
 * every callback is delivered exactly once per event: NEW_SUBMISSIONS once per submission to the
   destination; NEW_EVENTS to the sender once per event it did not make itself (each
   ``notify-submission`` and the ``accept-submission``) — the receivers' records are compared with
-  the event logs, and every outbox row is ``delivered`` after exactly one attempt.
+  the event logs, and every outbox row is ``delivered`` after exactly one attempt;
+* status is derived from the event log: every submission's stored ``submissions.status`` is the
+  status :func:`~fitconnect_kit.protocol.events.derive_state` gives for its verified log
+  (``accepted``).
 
 :func:`run_scenario` is shared with ``bench/scaleout.py`` (bigger numbers, figures printed).
 """
@@ -32,12 +35,15 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy import func, select
 
+from fitconnect_kit.protocol.api import SubmissionStatus
 from fitconnect_kit.protocol.callbacks import CallbackType, parse_callback_body
 from fitconnect_kit.protocol.clock import SYSTEM_CLOCK
 from fitconnect_kit.protocol.events import (
     AuthenticationTags,
     Event,
+    SecurityEventToken,
     build_set_claims,
+    derive_state,
     parse_set,
     sign_set,
     submission_subject,
@@ -52,10 +58,10 @@ from fitconnect_kit.server import admin
 from fitconnect_kit.server.config import config_from_mapping
 from fitconnect_kit.server.server_keys import ensure_server_keys
 from fitconnect_kit.server.storage.db import Database
-from fitconnect_kit.server.storage.models import CallbackDelivery
+from fitconnect_kit.server.storage.models import CallbackDelivery, Submission
 from tests.keycache import rsa_key
 from tests.support.callback_receiver import CallbackReceiver
-from tests.support.db import DbBackend
+from tests.support.db import DbBackend, stored_status
 from tests.support.live import (
     ServerProcess,
     bind_loopback_socket,
@@ -419,6 +425,17 @@ async def _stored_deliveries(database_url: str) -> list[CallbackDelivery]:
         await database.dispose()
 
 
+async def _stored_statuses(database_url: str) -> dict[str, str]:
+    """``submissions.status`` by submission id, straight from the shared database."""
+    database = Database(database_url)
+    try:
+        async with database.sessions() as session:
+            rows = await session.execute(select(Submission.submission_id, Submission.status))
+            return {row.submission_id: row.status for row in rows}
+    finally:
+        await database.dispose()
+
+
 def check_scenario(c: Cluster, report: Report, submissions: int) -> Verified:
     """Every assertion of the module docstring; returns the figures."""
     assert len(report.submissions) == submissions
@@ -429,6 +446,7 @@ def check_scenario(c: Cluster, report: Report, submissions: int) -> Verified:
     assert jwks == httpx.get(f"{c.urls[0]}/.well-known/jwks.json", timeout=30).json()
     signing_public = c.keys.signing_public
     events: dict[str, list[str]] = {}
+    derived: dict[str, SubmissionStatus] = {}
     expected_new_events: dict[str, int] = {}
     jtis: set[str] = set()
     with httpx.Client(timeout=30) as http:
@@ -451,6 +469,7 @@ def check_scenario(c: Cluster, report: Report, submissions: int) -> Verified:
             assert log.status_code == 200, log.text
             names = []
             notify_types = []
+            verified: list[SecurityEventToken] = []
             for token in log.json()["eventLog"]:
                 st = parse_set(token)
                 if st.issued_by_zustelldienst:
@@ -467,6 +486,7 @@ def check_scenario(c: Cluster, report: Report, submissions: int) -> Verified:
                 assert st.submission_id == submission_id
                 assert st.jti not in jtis, "an event is in the log twice"
                 jtis.add(st.jti)
+                verified.append(st)
                 names.append(st.event.short_name)
                 if st.event is Event.NOTIFY_SUBMISSION:
                     assert st.notify_type is not None
@@ -484,8 +504,16 @@ def check_scenario(c: Cluster, report: Report, submissions: int) -> Verified:
                 "accept-submission",
             }, names
             events[submission_id] = names
+            derived[submission_id] = derive_state(verified, submission_id=submission_id).status
             # The sender made create and submit; notify(s) and accept are news to it.
             expected_new_events[submission_id] = counts["notify-submission"] + 1
+
+    # Status is derived from the event log: what every node stored agrees with the verified log.
+    assert set(derived.values()) == {SubmissionStatus.ACCEPTED}, derived
+    stored = asyncio.run(_stored_statuses(c.database_url))
+    assert {sid: stored.get(sid) for sid in derived} == {
+        sid: stored_status(status) for sid, status in derived.items()
+    }
 
     # Callbacks: exactly once per event, every one with a valid HMAC.
     dest_received = c.dest_rx.received
