@@ -85,9 +85,21 @@ def test_token_via_basic_auth(server: LiveServer) -> None:
             data=_form(sender),
             headers={"Authorization": _basic(sender.client_id, sender.client_secret)},
         )
+        # RFC 6749 §5.2: a failed header authentication is 401 invalid_client with a challenge.
+        other_scheme = http.post(
+            "/token", data=_form(sender), headers={"Authorization": "Bearer abc"}
+        )
+        malformed = http.post(
+            "/token",
+            data={"grant_type": "client_credentials"},
+            headers={"Authorization": "Basic not-base64!"},
+        )
     _oauth_error(wrong, 401, "invalid_client")
     assert wrong.headers["www-authenticate"].startswith("Basic")
     _oauth_error(both, 400, "invalid_request")
+    for refused in (other_scheme, malformed):
+        _oauth_error(refused, 401, "invalid_client")
+        assert refused.headers["www-authenticate"] == 'Basic realm="fitconnect-kit"'
 
 
 def test_oauth_errors(server: LiveServer) -> None:

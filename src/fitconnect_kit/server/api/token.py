@@ -34,6 +34,9 @@ CLIENT_CREDENTIALS = "client_credentials"
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
+_BASIC_CHALLENGE = 'Basic realm="fitconnect-kit"'
+
+
 class OAuthFailure(Exception):
     def __init__(self, error: str, description: str, status: int = 400) -> None:
         super().__init__(description)
@@ -64,20 +67,28 @@ def _parse_form(body: bytes) -> dict[str, str]:
     return form
 
 
+def _header_auth_failure(description: str) -> OAuthFailure:
+    """RFC 6749 §5.2: a client that authenticated through the ``Authorization`` header and
+    failed gets 401 ``invalid_client`` with ``WWW-Authenticate`` naming the scheme we accept."""
+    failure = OAuthFailure("invalid_client", description, 401)
+    failure.headers["WWW-Authenticate"] = _BASIC_CHALLENGE
+    return failure
+
+
 def _basic_credentials(request: Request) -> tuple[str, str] | None:
     header = request.headers.get("authorization")
     if not header:
         return None
     scheme, _, value = header.partition(" ")
     if scheme.lower() != "basic":
-        raise OAuthFailure("invalid_request", "only HTTP Basic client authentication is supported")
+        raise _header_auth_failure("only HTTP Basic client authentication is supported")
     try:
         decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
     except (binascii.Error, UnicodeDecodeError):
-        raise OAuthFailure("invalid_client", "malformed HTTP Basic credentials", 401) from None
+        raise _header_auth_failure("malformed HTTP Basic credentials") from None
     client_id, sep, secret = decoded.partition(":")
     if not sep or "\x00" in decoded:
-        raise OAuthFailure("invalid_client", "malformed HTTP Basic credentials", 401)
+        raise _header_auth_failure("malformed HTTP Basic credentials")
     # RFC 6749 §2.3.1: both parts are form-urlencoded before Basic encoding.
     return unquote_plus(client_id), unquote_plus(secret)
 
@@ -124,10 +135,9 @@ async def _issue(request: Request, zd: ZD) -> TokenResponse:
             )
     stored_hash = client.secret_hash if client is not None else None
     if not await check_client_secret(secret, stored_hash) or client is None or client.disabled:
-        failure = OAuthFailure("invalid_client", "client authentication failed", 401)
         if basic is not None:
-            failure.headers["WWW-Authenticate"] = 'Basic realm="fitconnect-kit"'
-        raise failure
+            raise _header_auth_failure("client authentication failed")
+        raise OAuthFailure("invalid_client", "client authentication failed", 401)
 
     if client.kind == ClientKind.SUBSCRIBER.value and linked == 0:
         # FITKO answers like this for a subscriber client without an assigned destination.
