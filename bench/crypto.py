@@ -19,7 +19,6 @@ import hashlib
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,8 @@ import time
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
+
+from _support import RssMeter, cpu_idle_percent, rsa_key_pem
 
 TARGET_ENCRYPT_MB_S = 250.0
 TARGET_RATIO = 7.0
@@ -40,45 +41,6 @@ MEASUREMENTS = {
     "jwcrypto-encrypt": "jwcrypto  encrypt",
     "jwcrypto-decrypt": "jwcrypto  decrypt",
 }
-
-
-class _RssMeter:
-    """Peak RSS growth of this process from :meth:`start` on.
-
-    On Linux the kernel's peak counter (VmHWM) is reset at the start, so the growth is exact;
-    elsewhere it is the peak ``ru_maxrss`` minus the RSS at the start (an upper bound, because
-    imports may have peaked higher before).
-    """
-
-    def __init__(self) -> None:
-        self._baseline = 0
-        self._exact = False
-
-    @staticmethod
-    def _status(field: str) -> int:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-        raise OSError(f"{field} not in /proc/self/status")
-
-    def start(self) -> None:
-        try:
-            with open("/proc/self/clear_refs", "w", encoding="ascii") as clear:
-                clear.write("5")  # reset the peak RSS to the current RSS
-            self._baseline = self._status("VmRSS")
-            self._exact = True
-        except OSError:
-            import psutil
-
-            self._baseline = int(psutil.Process().memory_info().rss)
-
-    def growth(self) -> int:
-        if self._exact:
-            return max(0, self._status("VmHWM") - self._baseline)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        peak = peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB
-        return max(0, peak - self._baseline)
 
 
 # --- worker (runs in a fresh subprocess per measurement) ----------------------------------------
@@ -99,7 +61,7 @@ def _worker(name: str, directory: Path) -> dict[str, Any]:
     plain, out = directory / "plain.bin", directory / f"{name}.out"
     with suppress(FileNotFoundError):
         out.unlink()  # truncating an old output inside the timed region would cost time
-    meter = _RssMeter()
+    meter = RssMeter()
     meter.start()
     digest = ""
 
@@ -156,25 +118,6 @@ def _run_worker(name: str, directory: Path) -> dict[str, Any]:
     return result
 
 
-def _load_key_pem() -> bytes:
-    from cryptography.hazmat.primitives import serialization
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    try:
-        from tests.keycache import rsa_key  # cached RSA-4096 test key
-
-        key = rsa_key(0)
-    except ImportError:
-        from cryptography.hazmat.primitives.asymmetric import rsa
-
-        key = rsa.generate_private_key(public_exponent=65537, key_size=4096)
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
 def _write_random_file(path: Path, size: int) -> str:
     sha = hashlib.sha512()
     with path.open("wb") as file:
@@ -185,23 +128,6 @@ def _write_random_file(path: Path, size: int) -> str:
             file.write(block)
             remaining -= len(block)
     return sha.hexdigest()
-
-
-def _cpu_idle_percent(seconds: float = 1.0) -> float | None:
-    """Share of idle CPU time over ``seconds`` (Linux /proc/stat), to flag a busy machine."""
-
-    def sample() -> tuple[int, int]:
-        with open("/proc/stat", encoding="ascii") as stat:
-            values = [int(v) for v in stat.readline().split()[1:9]]
-        return values[3] + values[4], sum(values)  # idle + iowait, total
-
-    try:
-        idle_before, total_before = sample()
-        time.sleep(seconds)
-        idle_after, total_after = sample()
-    except (OSError, ValueError, IndexError):
-        return None
-    return 100.0 * (idle_after - idle_before) / max(1, total_after - total_before)
 
 
 def _mib(value: float) -> str:
@@ -228,7 +154,7 @@ def main() -> None:
     import cryptography
 
     size = args.size_mib << 20
-    idle = _cpu_idle_percent()
+    idle = cpu_idle_percent()
     names = [n for n in MEASUREMENTS if not (args.ours_only and n.startswith("jwcrypto"))]
     print(
         f"JWE RSA-OAEP-256 + A256GCM, {args.size_mib} MiB attachment, file → file, "
@@ -244,7 +170,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="fitconnect-bench-", dir=args.dir) as temporary:
         directory = Path(temporary)
-        (directory / "key.pem").write_bytes(_load_key_pem())
+        (directory / "key.pem").write_bytes(rsa_key_pem())
         expected = _write_random_file(directory / "plain.bin", size)
 
         # Interleaved rounds: background load then hits all measurements alike.

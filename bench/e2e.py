@@ -54,7 +54,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from _support import cpu_idle_percent, proc_stat, rsa_key_pem
+
 #: All senders share the one sender client of the dev stack, whose token bucket (20 requests/s,
 #: burst 200 by default) would measure the rate limit policy, not the stack: lifted for the run
 #: (the limiter itself still runs).
@@ -93,46 +94,7 @@ def protocol_operations(subscriber: str) -> tuple[dict[str, int], int, int]:
     return zd_sets, signs, sum(SUBSCRIBER_UNWRAPS.values())
 
 
-# --- machine --------------------------------------------------------------------------------------
-
-
-def _proc_stat() -> tuple[int, int]:
-    with open("/proc/stat", encoding="ascii") as stat:
-        values = [int(v) for v in stat.readline().split()[1:9]]
-    return values[3] + values[4], sum(values)  # idle + iowait, total
-
-
-def cpu_idle_percent(seconds: float = 1.0) -> float | None:
-    """Share of idle CPU time over ``seconds`` (as in ``bench/crypto.py``)."""
-    try:
-        idle_before, total_before = _proc_stat()
-        time.sleep(seconds)
-        idle_after, total_after = _proc_stat()
-    except (OSError, ValueError, IndexError):
-        return None
-    return 100.0 * (idle_after - idle_before) / max(1, total_after - total_before)
-
-
 # --- RSA capacity (fresh processes, all cores at once) --------------------------------------------
-
-
-def _rsa_key_pem() -> bytes:
-    from cryptography.hazmat.primitives import serialization
-
-    sys.path.insert(0, str(ROOT))
-    try:
-        from tests.keycache import rsa_key  # cached RSA-4096 test key
-
-        key = rsa_key(0)
-    except ImportError:
-        from cryptography.hazmat.primitives.asymmetric import rsa
-
-        key = rsa.generate_private_key(public_exponent=65537, key_size=4096)
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
 
 
 def rsa_worker(kind: str, pem_path: str, start_at: float, seconds: float) -> None:
@@ -207,7 +169,7 @@ def measure_rsa_capacity(seconds: float) -> RsaCapacity:
     cores = os.cpu_count() or 1
     with tempfile.TemporaryDirectory(prefix="fc-bench-rsa-") as tmp:
         pem = Path(tmp) / "key.pem"
-        pem.write_bytes(_rsa_key_pem())
+        pem.write_bytes(rsa_key_pem())
         sign_all = _run_rsa_workers("sign", cores, pem, seconds)
         decrypt_all = _run_rsa_workers("decrypt", cores, pem, seconds)
         sign_one = _run_rsa_workers("sign", 1, pem, seconds)
@@ -606,7 +568,7 @@ def run_one(database: str, args: argparse.Namespace) -> RunFigures:
         marks: dict[str, Any] = {}
 
         def mark(name: str) -> None:
-            cpu_idle, cpu_total = _proc_stat()
+            cpu_idle, cpu_total = proc_stat()
             marks[name] = {
                 "server": sum(server.cpu_times()[:2]),
                 "bench": sum(me.cpu_times()[:2]),

@@ -29,7 +29,6 @@ import argparse
 import asyncio
 import json
 import os
-import resource
 import shutil
 import socket
 import subprocess
@@ -41,48 +40,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from _support import RssMeter, seed_destination, wait_ready, zd_settings
+
 TARGET_RSS_MIB = 64.0
 MB = 1_000_000
 MIB = 1 << 20
 CONTENT_TYPE = "application/octet-stream"
-
-
-class RssMeter:
-    """Peak RSS growth of this process from :meth:`start` on (exact on Linux via VmHWM)."""
-
-    def __init__(self) -> None:
-        self._baseline = 0
-        self._exact = False
-
-    @staticmethod
-    def _status(field: str) -> int:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-        raise OSError(f"{field} not in /proc/self/status")
-
-    def start(self) -> None:
-        try:
-            with open("/proc/self/clear_refs", "w", encoding="ascii") as clear:
-                clear.write("5")  # reset the peak RSS to the current RSS
-            self._baseline = self._status("VmRSS")
-            self._exact = True
-        except OSError:
-            import psutil
-
-            self._baseline = int(psutil.Process().memory_info().rss)
-
-    @property
-    def baseline(self) -> int:
-        return self._baseline
-
-    def growth(self) -> int:
-        if self._exact:
-            return max(0, self._status("VmHWM") - self._baseline)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        peak = peak if sys.platform == "darwin" else peak * 1024
-        return max(0, peak - self._baseline)
 
 
 class Sampler(threading.Thread):
@@ -122,52 +85,6 @@ def sparse_file(path: Path, size: int) -> Path:
     with path.open("wb") as handle:
         handle.truncate(size)
     return path
-
-
-async def seed(config: Any, keys: Any) -> dict[str, Any]:
-    from fitconnect_kit.demo import DEMO_JSON_SCHEMA_URI, DEMO_SERVICE_IDENTIFIER
-    from fitconnect_kit.server import admin
-
-    database = await admin.open_admin_database(config)
-    try:
-        sender = await admin.create_client(database, kind="sender")
-        destination = await admin.create_destination(
-            database,
-            config,
-            services=[
-                {
-                    "identifier": DEMO_SERVICE_IDENTIFIER,
-                    "submissionSchemas": [
-                        {"schemaUri": DEMO_JSON_SCHEMA_URI, "mimeType": "application/json"}
-                    ],
-                    "regions": ["DE"],
-                }
-            ],
-            encryption_key=keys.encryption_public,
-            signing_key=keys.signing_public,
-            metadata_versions=["1.0.0"],
-        )
-    finally:
-        await database.dispose()
-    return {
-        "sender": (sender.client_id, sender.client_secret),
-        "destination_id": destination.destination_id,
-    }
-
-
-def wait_ready(base_url: str, server: subprocess.Popen[bytes]) -> None:
-    import httpx
-
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(base_url + "/v1/info", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline or server.poll() is not None:
-            raise RuntimeError("the Zustelldienst did not start")
-        time.sleep(0.2)
 
 
 async def send(
@@ -269,19 +186,16 @@ def main() -> int:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
         base_url = f"http://127.0.0.1:{port}"
-        settings = {
-            "base_url": base_url,
-            "host": "127.0.0.1",
-            "port": port,
-            "data_dir": str(work / "zd"),
-            "blob_store": "filesystem",
-            "log_level": "warning",
-            "workers": {"enabled": False},
-            "limits": {"max_attachment_size": max_attachment, "max_submission_size": max_total},
-        }
+        settings = zd_settings(
+            port,
+            work / "zd",
+            max_attachment=max_attachment,
+            max_submission=max_total,
+            blob_store="filesystem",
+        )
         config_file = work / "zd.json"
         config_file.write_text(json.dumps(settings), encoding="utf-8")
-        seeded = asyncio.run(seed(config_from_mapping(settings), keys))
+        seeded = asyncio.run(seed_destination(config_from_mapping(settings), keys))
         server = subprocess.Popen(
             [
                 sys.executable,

@@ -27,7 +27,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,19 +39,15 @@ from typing import Any
 import httpx
 import psutil
 
+from _support import free_port, seed_destination, wait_ready, zd_settings
+
 TARGET_GROWTH_MIB = 64.0
 MIB = 1024 * 1024
+SERVICE_IDENTIFIER = "urn:de:fim:leika:leistung:99123456760610"
 PG_ADMIN = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "database": "postgres"}
 
 
 # --- the server process ---------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def _pg_execute(statement: str) -> None:
@@ -73,37 +68,6 @@ def _postgres_database() -> Iterator[str]:
         yield f"postgresql+asyncpg://{PG_ADMIN['user']}@{PG_ADMIN['host']}:{PG_ADMIN['port']}/{name}"
     finally:
         asyncio.run(_pg_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-
-async def _seed(config: Any) -> dict[str, Any]:
-    from fitconnect_kit.protocol.keygen import generate_key_set
-    from fitconnect_kit.server import admin
-
-    keys = generate_key_set()
-    database = await admin.open_admin_database(config)
-    try:
-        sender = await admin.create_client(database, kind="sender")
-        destination = await admin.create_destination(
-            database,
-            config,
-            services=[
-                {
-                    "identifier": "urn:de:fim:leika:leistung:99123456760610",
-                    "submissionSchemas": [
-                        {
-                            "schemaUri": "https://schema.fitko.de/fim/s00000000009_1.0.0.schema.json",
-                            "mimeType": "application/json",
-                        }
-                    ],
-                    "regions": ["DE"],
-                }
-            ],
-            encryption_key=keys.encryption_public,
-            signing_key=keys.signing_public,
-        )
-    finally:
-        await database.dispose()
-    return {"sender": sender, "destination_id": destination.destination_id, "keys": keys}
 
 
 # --- measuring ------------------------------------------------------------------------------------
@@ -193,15 +157,15 @@ def upload(base_url: str, seed: dict[str, Any], size: int, server_pid: int) -> d
     from fitconnect_kit.protocol.ids import new_id
     from fitconnect_kit.protocol.jose.jwe_stream import iter_encrypt
 
-    sender = seed["sender"]
+    client_id, client_secret = seed["sender"]
     key = seed["keys"].encryption_public
     with httpx.Client(base_url=base_url, timeout=httpx.Timeout(600, connect=10)) as http:
         token = http.post(
             "/token",
             data={
                 "grant_type": "client_credentials",
-                "client_id": sender.client_id,
-                "client_secret": sender.client_secret,
+                "client_id": client_id,
+                "client_secret": client_secret,
             },
         ).json()["access_token"]
         auth = {"Authorization": f"Bearer {token}"}
@@ -213,7 +177,7 @@ def upload(base_url: str, seed: dict[str, Any], size: int, server_pid: int) -> d
                 "announcedAttachments": [attachment_id],
                 "serviceType": {
                     "name": "Bench",
-                    "identifier": "urn:de:fim:leika:leistung:99123456760610",
+                    "identifier": SERVICE_IDENTIFIER,
                 },
             },
             headers=auth,
@@ -261,41 +225,39 @@ def upload(base_url: str, seed: dict[str, Any], size: int, server_pid: int) -> d
 
 
 def run(size: int, blob_store: str, work: Path) -> dict[str, Any]:
+    from fitconnect_kit.protocol.keygen import generate_key_set
     from fitconnect_kit.server.config import config_from_mapping
 
-    port = _free_port()
+    port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     with contextlib.ExitStack() as stack:
-        settings: dict[str, Any] = {
-            "base_url": base_url,
-            "host": "127.0.0.1",
-            "port": port,
-            "data_dir": str(work / "zd"),
-            "log_level": "warning",
-            "workers": {"enabled": False},
-            "rate_limit": {"burst": 100_000, "anonymous_burst": 100_000},
-            "limits": {"max_attachment_size": size, "max_submission_size": size},
-        }
+        settings = zd_settings(
+            port,
+            work / "zd",
+            max_attachment=size,
+            max_submission=size,
+            rate_limit={"burst": 100_000, "anonymous_burst": 100_000},
+        )
         if blob_store == "postgres":
             settings["database_url"] = stack.enter_context(_postgres_database())
             settings["blob_store"] = "postgres"
         config_file = work / "zd.json"
         config_file.write_text(json.dumps(settings))
         config = config_from_mapping(settings)
-        seed = asyncio.run(_seed(config))
+        seed = asyncio.run(
+            seed_destination(
+                config,
+                generate_key_set(),
+                service_identifier=SERVICE_IDENTIFIER,
+                schema_uri="https://schema.fitko.de/fim/s00000000009_1.0.0.schema.json",
+            )
+        )
         server = subprocess.Popen(
             [sys.executable, "-m", "fitconnect_kit.server", "--config", str(config_file)],
             stdout=subprocess.DEVNULL,
         )
         try:
-            deadline = time.monotonic() + 120
-            while True:
-                with contextlib.suppress(httpx.HTTPError):
-                    if httpx.get(base_url + "/v1/info", timeout=2).status_code == 200:
-                        break
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError("the Zustelldienst did not start")
-                time.sleep(0.2)
+            wait_ready(base_url, server, timeout=120)
             return upload(base_url, seed, size, server.pid)
         finally:
             server.terminate()

@@ -22,9 +22,7 @@ import asyncio
 import hashlib
 import json
 import os
-import resource
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,42 +30,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _support import RssMeter, free_port, seed_destination, wait_ready, zd_settings
+
 TARGET_RSS_MIB = 64.0
 CHUNK = 1 << 20
-
-
-class _RssMeter:
-    """Peak RSS growth of this process from :meth:`start` on (as in ``bench/crypto.py``)."""
-
-    def __init__(self) -> None:
-        self._baseline = 0
-        self._exact = False
-
-    @staticmethod
-    def _status(field: str) -> int:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-        raise OSError(f"{field} not in /proc/self/status")
-
-    def start(self) -> None:
-        try:
-            with open("/proc/self/clear_refs", "w", encoding="ascii") as clear:
-                clear.write("5")  # reset the peak RSS to the current RSS
-            self._baseline = self._status("VmRSS")
-            self._exact = True
-        except OSError:
-            import psutil
-
-            self._baseline = int(psutil.Process().memory_info().rss)
-
-    def growth(self) -> int:
-        if self._exact:
-            return max(0, self._status("VmHWM") - self._baseline)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        peak = peak if sys.platform == "darwin" else peak * 1024
-        return max(0, peak - self._baseline)
 
 
 # --- the receiving subprocess ---------------------------------------------------------------------
@@ -94,7 +60,7 @@ def receive_main(spec_path: Path) -> None:
             schemas=schemas,
         ) as subscriber:
             await subscriber.get_destination(spec["destination_id"])  # warm-up: connection
-            meter = _RssMeter()
+            meter = RssMeter()
             meter.start()
             start = time.perf_counter()
             received = await subscriber.process(spec["submission_id"], out_dir)
@@ -116,13 +82,6 @@ def receive_main(spec_path: Path) -> None:
 # --- orchestration --------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _write_random_file(path: Path, size: int) -> str:
     digest = hashlib.sha512()
     left = size
@@ -133,45 +92,6 @@ def _write_random_file(path: Path, size: int) -> str:
             handle.write(block)
             left -= len(block)
     return digest.hexdigest()
-
-
-async def _seed(config: Any) -> dict[str, Any]:
-    from fitconnect_kit.demo import DEMO_JSON_SCHEMA_URI, DEMO_SERVICE_IDENTIFIER
-    from fitconnect_kit.protocol.keygen import generate_key_set
-    from fitconnect_kit.server import admin
-
-    keys = generate_key_set()
-    database = await admin.open_admin_database(config)
-    try:
-        sender = await admin.create_client(database, kind="sender")
-        subscriber = await admin.create_client(database, kind="subscriber")
-        destination = await admin.create_destination(
-            database,
-            config,
-            services=[
-                {
-                    "identifier": DEMO_SERVICE_IDENTIFIER,
-                    "submissionSchemas": [
-                        {"schemaUri": DEMO_JSON_SCHEMA_URI, "mimeType": "application/json"}
-                    ],
-                    "regions": ["DE"],
-                }
-            ],
-            encryption_key=keys.encryption_public,
-            signing_key=keys.signing_public,
-            metadata_versions=["1.0.0"],
-        )
-        await admin.link_client(
-            database, client_id=subscriber.client_id, destination_id=destination.destination_id
-        )
-    finally:
-        await database.dispose()
-    return {
-        "sender": (sender.client_id, sender.client_secret),
-        "subscriber": (subscriber.client_id, subscriber.client_secret),
-        "destination_id": destination.destination_id,
-        "keys": keys,
-    }
 
 
 async def _send(base_url: str, seed: dict[str, Any], path: Path, limit: int) -> tuple[Any, float]:
@@ -206,45 +126,27 @@ def main() -> int:
         receive_main(args.receive)
         return 0
 
+    from fitconnect_kit.protocol.keygen import generate_key_set
     from fitconnect_kit.server.config import config_from_mapping
 
     size = args.size_mib * 1024 * 1024
     work = Path(tempfile.mkdtemp(prefix="fitconnect-bench-", dir=args.dir))
     server: subprocess.Popen[bytes] | None = None
     try:
-        port = _free_port()
+        port = free_port()
         base_url = f"http://127.0.0.1:{port}"
         limit = size * 4 // 3 + 10 * 1024 * 1024  # the encrypted size plus headroom
-        settings = {
-            "base_url": base_url,
-            "host": "127.0.0.1",
-            "port": port,
-            "data_dir": str(work / "zd"),
-            "log_level": "warning",
-            "workers": {"enabled": False},
-            "limits": {"max_attachment_size": limit, "max_submission_size": limit},
-        }
+        settings = zd_settings(port, work / "zd", max_attachment=limit, max_submission=limit)
         config_file = work / "zd.json"
         config_file.write_text(json.dumps(settings))
         config = config_from_mapping(settings)
         print(f"work directory {work}; seeding and starting the Zustelldienst on {base_url}")
-        seed = asyncio.run(_seed(config))
+        seed = asyncio.run(seed_destination(config, generate_key_set(), with_subscriber=True))
         server = subprocess.Popen(
             [sys.executable, "-m", "fitconnect_kit.server", "--config", str(config_file)],
             stdout=subprocess.DEVNULL,
         )
-        import httpx
-
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(base_url + "/v1/info", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise RuntimeError("the Zustelldienst did not start")
-            time.sleep(0.2)
+        wait_ready(base_url, server)
 
         plain = work / "attachment.bin"
         print(f"writing {args.size_mib} MiB of random data ...")

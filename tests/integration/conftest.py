@@ -5,6 +5,9 @@
 * ``clock`` — a ``ManualClock`` shared with the server.
 * ``live_server`` — our app on a loopback port with the test's backend and clock (workers off).
 * ``start_server`` — factory for servers with other settings, workers or extra routers.
+* ``live`` — one server per test module (module-scoped), parametrized over ``sqlite`` and
+  ``postgres``, default settings; tests create their own clients and destinations. Modules that
+  need other settings define their own ``live``.
 
 Usage::
 
@@ -25,6 +28,7 @@ import pytest
 from fitconnect_kit.protocol.clock import ManualClock
 from tests.support.db import DbBackend, make_backend, postgres_unavailable_reason
 from tests.support.live import LiveServer
+from tests.support.seed import shared_live_server
 
 StartServer = Callable[..., LiveServer]
 
@@ -89,3 +93,13 @@ def start_server(db_backend: DbBackend, clock: ManualClock) -> Iterator[StartSer
 @pytest.fixture
 def live_server(start_server: StartServer) -> LiveServer:
     return start_server()
+
+
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def live(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
+    with shared_live_server(request.param, tmp_path_factory.mktemp("zd")) as server:
+        yield server

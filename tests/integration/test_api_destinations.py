@@ -26,18 +26,7 @@ from tests.support.seed import (
     destination_key_set,
     send_submission,
     service,
-    shared_live_server,
 )
-
-
-@pytest.fixture(
-    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-)
-def live(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[LiveServer]:
-    with shared_live_server(request.param, tmp_path_factory.mktemp("zd")) as server:
-        yield server
 
 
 @pytest.fixture

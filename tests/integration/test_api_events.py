@@ -30,22 +30,11 @@ from tests.support.seed import (
     jose_headers,
     receiver_set,
     send_submission,
-    shared_live_server,
 )
 
 ACCEPT = Event.ACCEPT_SUBMISSION.value
 REJECT = Event.REJECT_SUBMISSION.value
 FORWARD = Event.FORWARD_SUBMISSION.value
-
-
-@pytest.fixture(
-    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-)
-def live(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[LiveServer]:
-    with shared_live_server(request.param, tmp_path_factory.mktemp("zd")) as server:
-        yield server
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,7 @@ an expired one, is ignored there.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -68,7 +68,6 @@ from tests.support.seed import (
     receiver_set,
     send_submission,
     service,
-    shared_live_server,
 )
 
 COLUMNS = (
@@ -114,16 +113,6 @@ EXPECTED: dict[str, tuple[int, ...]] = {
     "DELETE /v1/destinations/{id}": (403, 403, 403, 403, 204, 403, 401, 401),
     "POST /v1/destinations/{id}/keys": (403, 403, 403, 403, 201, 403, 401, 401),
 }
-
-
-@pytest.fixture(
-    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-)
-def live(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[LiveServer]:
-    with shared_live_server(request.param, tmp_path_factory.mktemp("zd")) as server:
-        yield server
 
 
 @dataclass

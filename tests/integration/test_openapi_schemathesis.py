@@ -25,7 +25,6 @@ from __future__ import annotations
 import itertools
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -48,7 +47,6 @@ from tests.support.seed import (  # noqa: E402
     assert_problem,
     send_submission,
     service,
-    shared_live_server,
 )
 
 CHECKS = [
@@ -112,16 +110,6 @@ class World:
                     return None  # the negative case is about this parameter: keep it
             real[name] = self.ids[name][0]
         return real or None
-
-
-@pytest.fixture(
-    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-)
-def live(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[LiveServer]:
-    with shared_live_server(request.param, tmp_path_factory.mktemp("zd")) as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

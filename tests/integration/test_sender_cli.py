@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,6 @@ import httpx
 import pytest
 
 from fitconnect_kit.cli import profile as cli_profile
-from fitconnect_kit.cli.main import main
 from fitconnect_kit.demo import DEMO_JSON_SCHEMA_URI, DEMO_XML_SCHEMA_URI, demo_json_data
 from fitconnect_kit.protocol.events import AuthenticationTags, Event
 from fitconnect_kit.protocol.ids import new_id
@@ -33,8 +31,9 @@ from tests.integration.test_sender_live import (
     route_to,
     submissions_of,
 )
+from tests.support.cli import run_cli
 from tests.support.live import LiveServer
-from tests.support.seed import ClientCredentials, SeededDestination, shared_live_server
+from tests.support.seed import ClientCredentials, SeededDestination
 
 ENV_NAMES = (
     "FITCONNECT_ENV",
@@ -49,16 +48,6 @@ REJECT_PROBLEM = {
     "detail": "anschrift fehlt",
     "instance": "data",
 }
-
-
-@pytest.fixture(
-    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-)
-def live(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[LiveServer]:
-    with shared_live_server(request.param, tmp_path_factory.mktemp(request.param)) as server:
-        yield server
 
 
 @dataclass
@@ -125,15 +114,6 @@ def profile(stack: Stack, tmp_path: Path) -> Path:
     return path
 
 
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main(list(args))
-    out, err = capsys.readouterr()
-    code = info.value.code
-    assert isinstance(code, int)
-    return code, out, err
-
-
 class Decider(threading.Thread):
     """Accepts (or rejects) the next submission that arrives, in the background."""
 
@@ -186,7 +166,7 @@ def test_send_with_attachments_and_wait_then_status(
 
     decider = Decider(stack.fachverfahren)
     decider.start()
-    code, out, err = run(
+    code, out, err = run_cli(
         capsys,
         "send",
         "--profile",
@@ -215,7 +195,7 @@ def test_send_with_attachments_and_wait_then_status(
     assert sent["status"]["tagsChecked"] is True
     assert sent["status"]["authenticationTags"] == sent["authenticationTags"]
 
-    code, out, err = run(
+    code, out, err = run_cli(
         capsys, "status", "--profile", str(profile), "--case", sent["caseId"], "--json"
     )
     assert code == 0, err
@@ -228,7 +208,7 @@ def test_send_with_attachments_and_wait_then_status(
     assert [e["event"] for e in report["events"]][-1] == "accept-submission"
     assert {e["signer"] for e in report["events"]} == {"zustelldienst", "destination"}
 
-    code, out, err = run(capsys, "status", "--profile", str(profile), "--last")
+    code, out, err = run_cli(capsys, "status", "--profile", str(profile), "--last")
     assert code == 0, err
     assert "status: accepted" in out
     assert "all SETs verified, tags match" in out
@@ -238,7 +218,7 @@ def test_send_with_attachments_and_wait_then_status(
     document = json.loads(profile.read_text(encoding="utf-8"))
     document["submissionApiUrl"] = document["submissionApiUrl"].replace("127.0.0.1", "localhost")
     profile.write_text(json.dumps(document), encoding="utf-8")
-    code, out, err = run(capsys, "status", "--profile", str(profile), "--last", "--json")
+    code, out, err = run_cli(capsys, "status", "--profile", str(profile), "--last", "--json")
     assert code == 0, err
     assert json.loads(out)["caseId"] == sent["caseId"]
 
@@ -250,7 +230,7 @@ def test_send_rejected_exits_3_with_the_problems(
     data.write_bytes(b'{"antragsteller":{"vorname":"Erika"}}')
     decider = Decider(stack.fachverfahren, accept=False)
     decider.start()
-    code, out, err = run(
+    code, out, err = run_cli(
         capsys, "send", "--profile", str(profile), "--data", str(data), "--wait", "--timeout", "30"
     )
     assert code == 3, err
@@ -266,7 +246,7 @@ def test_send_to_an_inactive_destination_exits_3_and_sends_nothing(
     before = submissions_of(stack.live, stack.sender)
     data = tmp_path / "antrag.json"
     data.write_bytes(dumps_compact(demo_json_data()))
-    code, out, err = run(
+    code, out, err = run_cli(
         capsys,
         "send",
         "--profile",
@@ -288,7 +268,7 @@ def test_send_with_a_data_schema_the_destination_does_not_take_exits_3(
 ) -> None:
     data = tmp_path / "antrag.xml"
     data.write_bytes(b"<antrag/>")
-    code, _, err = run(
+    code, _, err = run_cli(
         capsys,
         "send",
         "--profile",
@@ -309,14 +289,16 @@ def test_status_of_a_tampered_decision_exits_3(
     """A validly signed accept that names other tags than were sent: not delivered."""
     data = tmp_path / "antrag.json"
     data.write_bytes(dumps_compact(demo_json_data()))
-    code, out, err = run(capsys, "send", "--profile", str(profile), "--data", str(data), "--json")
+    code, out, err = run_cli(
+        capsys, "send", "--profile", str(profile), "--data", str(data), "--json"
+    )
     assert code == 0, err
     sent = json.loads(out)
     received = stack.fachverfahren.receive(sent["submissionId"])
     stack.fachverfahren.post_decision(
         received, tags=AuthenticationTags(metadata=received.tags.data, data=received.tags.data)
     )
-    code, out, err = run(capsys, "status", "--profile", str(profile), "--case", sent["caseId"])
+    code, out, err = run_cli(capsys, "status", "--profile", str(profile), "--case", sent["caseId"])
     assert code == 3
     assert out == ""
     assert len(err.strip().splitlines()) == 1
@@ -329,26 +311,26 @@ def test_unknown_destination_and_case_exit_4(
     data = tmp_path / "antrag.json"
     data.write_bytes(dumps_compact(demo_json_data()))
     unknown = new_id()
-    code, _, err = run(
+    code, _, err = run_cli(
         capsys, "send", "--profile", str(profile), "--destination", unknown, "--data", str(data)
     )
     assert code == 4
     assert f"destination {unknown} not found" in err
-    code, _, err = run(capsys, "destination", "show", "--profile", str(profile), unknown)
+    code, _, err = run_cli(capsys, "destination", "show", "--profile", str(profile), unknown)
     assert code == 4
-    code, _, err = run(capsys, "status", "--profile", str(profile), "--case", unknown)
+    code, _, err = run_cli(capsys, "status", "--profile", str(profile), "--case", unknown)
     assert code == 4
     assert "not found" in err
 
 
 def test_destination_show(stack: Stack, profile: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(capsys, "destination", "show", "--profile", str(profile))
+    code, out, err = run_cli(capsys, "destination", "show", "--profile", str(profile))
     assert code == 0, err
     assert stack.destination.destination_id in out
     assert "all checks passed" in out
     assert f"encryption key: {stack.destination.encryption_kid}" in out
 
-    code, out, err = run(capsys, "destination", "show", "--profile", str(profile), "--json")
+    code, out, err = run_cli(capsys, "destination", "show", "--profile", str(profile), "--json")
     assert code == 0, err
     report: dict[str, Any] = json.loads(out)
     assert report["ok"] is True
@@ -359,7 +341,7 @@ def test_destination_show(stack: Stack, profile: Path, capsys: pytest.CaptureFix
         "problem": None,
     }
 
-    code, out, err = run(
+    code, out, err = run_cli(
         capsys,
         "destination",
         "show",
@@ -391,11 +373,13 @@ def test_switching_the_cli_to_fitkos_test_environment_by_variables_only(
             return await super().handle_async_request(route(request))
 
     monkeypatch.setattr(cli_profile, "_transport_factory", Route)
-    code, out, err = run(capsys, "destination", "show", stack.destination.destination_id, "--json")
+    code, out, err = run_cli(
+        capsys, "destination", "show", stack.destination.destination_id, "--json"
+    )
     assert code == 0, err
     assert json.loads(out)["environment"] == "test"
     # `profile show` shows the preset and where the credentials come from (no profile file).
-    code, out, err = run(capsys, "profile", "show", "--json")
+    code, out, err = run_cli(capsys, "profile", "show", "--json")
     assert code == 0, err
     shown = json.loads(out)
     assert shown["environment"] == "test"

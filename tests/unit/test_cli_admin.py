@@ -6,19 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+from tests.support.cli import run_cli
 
 from fitconnect_kit.cli import admin as cli_admin
-from fitconnect_kit.cli.main import main
 from fitconnect_kit.server.auth import MANAGE_SCOPE, SUBSCRIBE_SCOPE
-
-
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main(list(args))
-    out, err = capsys.readouterr()
-    code = info.value.code
-    assert isinstance(code, int)
-    return code, out, err
 
 
 def test_short_forms_are_the_servers_scope_uris() -> None:
@@ -37,7 +28,7 @@ def test_help_names_the_full_uris(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("COLUMNS", "80")
-    code, out, _ = run(capsys, "admin", "client", "create", "--help")
+    code, out, _ = run_cli(capsys, "admin", "client", "create", "--help")
     assert code == 0
     assert SUBSCRIBE_SCOPE in out
     assert MANAGE_SCOPE in out
@@ -53,7 +44,7 @@ def test_create_subscriber_with_short_scopes(
     )
     monkeypatch.delenv("FITCONNECT_CONFIG", raising=False)
     admin = ("admin", "--config", str(config), "client", "create")
-    code, out, err = run(
+    code, out, err = run_cli(
         capsys,
         *admin,
         "--kind",
@@ -66,10 +57,12 @@ def test_create_subscriber_with_short_scopes(
     )
     assert code == 0, err
     assert json.loads(out)["scopes"] == [SUBSCRIBE_SCOPE, MANAGE_SCOPE]
-    code, out, err = run(capsys, *admin, "--kind", "subscriber", "--scope", MANAGE_SCOPE, "--json")
+    code, out, err = run_cli(
+        capsys, *admin, "--kind", "subscriber", "--scope", MANAGE_SCOPE, "--json"
+    )
     assert code == 0, err
     assert json.loads(out)["scopes"] == [MANAGE_SCOPE]
     # Anything else is still checked by the server side: a usage error in one line.
-    code, _, err = run(capsys, *admin, "--kind", "subscriber", "--scope", "subscribe")
+    code, _, err = run_cli(capsys, *admin, "--kind", "subscriber", "--scope", "subscribe")
     assert code == 2
     assert len(err.strip().splitlines()) == 1

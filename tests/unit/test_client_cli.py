@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.support.cli import run_cli
 from tests.unit.test_client_fakes import (
     API,
     BASE,
@@ -21,7 +22,6 @@ from tests.unit.test_client_fakes import (
 
 from fitconnect_kit.cli import _common as cli_common
 from fitconnect_kit.cli import profile as cli_profile
-from fitconnect_kit.cli.main import main
 from fitconnect_kit.cli.send import parse_attachment
 
 
@@ -69,15 +69,6 @@ def wide(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cli_common.stdout, "_height", 50)
 
 
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main(list(args))
-    out, err = capsys.readouterr()
-    code = info.value.code
-    assert isinstance(code, int)
-    return code, out, err
-
-
 def test_parse_attachment() -> None:
     assert parse_attachment("a.pdf:form") == (Path("a.pdf"), "form")
     assert parse_attachment("a.pdf") == (Path("a.pdf"), "attachment")
@@ -92,7 +83,7 @@ def test_send_with_profile_defaults_and_wait(
     pdf = tmp_path / "antrag.pdf"
     pdf.write_bytes(b"%PDF-1.7")
     zd.auto_decide = "accept"
-    code, out, err = run(
+    code, out, err = run_cli(
         capsys,
         "send",
         "--profile",
@@ -124,7 +115,7 @@ def test_send_text_output_and_rejection_exit_code(
     data = tmp_path / "antrag.json"
     data.write_text("{}")
     zd.auto_decide = "reject"
-    code, out, _ = run(capsys, "send", "-p", str(profile), "--data", str(data), "--wait")
+    code, out, _ = run_cli(capsys, "send", "-p", str(profile), "--data", str(data), "--wait")
     assert code == 3
     sub = zd.only_submission()
     assert f"submissionId: {sub.submission_id}" in out
@@ -138,17 +129,19 @@ def test_send_usage_and_check_errors(
 ) -> None:
     data = tmp_path / "antrag.json"
     data.write_text("{}")
-    code, _, err = run(capsys, "send", "-p", str(profile), "--data", str(tmp_path / "nope.json"))
+    code, _, err = run_cli(
+        capsys, "send", "-p", str(profile), "--data", str(tmp_path / "nope.json")
+    )
     assert code == 4
     assert "data file not found" in err
-    code, _, err = run(
+    code, _, err = run_cli(
         capsys, "send", "-p", str(profile), "--data", str(data), "-s", "99123456760610"
     )
     assert code == 3
     assert err.startswith("error: destination")
     assert "does not offer service" in err
     assert len(err.strip().splitlines()) == 1
-    code, _, err = run(
+    code, _, err = run_cli(
         capsys,
         "send",
         "-p",
@@ -168,22 +161,22 @@ def test_status_table_and_json(
 ) -> None:
     data = tmp_path / "antrag.json"
     data.write_text("{}")
-    assert run(capsys, "send", "-p", str(profile), "--data", str(data))[0] == 0
+    assert run_cli(capsys, "send", "-p", str(profile), "--data", str(data))[0] == 0
     sub = zd.only_submission()
     zd.accept(sub.submission_id)
-    code, out, err = run(capsys, "status", "-p", str(profile), "--case", sub.case_id)
+    code, out, err = run_cli(capsys, "status", "-p", str(profile), "--case", sub.case_id)
     assert code == 0, err
     for text in ("create-submission", "submit-submission", "accept-submission", "accepted"):
         assert text in out
     assert "Zustelldienst" in out
-    code, out, _ = run(capsys, "status", "-p", str(profile), "--case", sub.case_id, "--json")
+    code, out, _ = run_cli(capsys, "status", "-p", str(profile), "--case", sub.case_id, "--json")
     report: dict[str, Any] = json.loads(out)
     assert report["status"] == "accepted"
     assert [e["event"] for e in report["events"]][-1] == "accept-submission"
     # A tampered event log is a check failure (exit 3), never a status.
     log = zd.case_events[sub.case_id]
     log[-1] = log[-1][:-6] + "AAAAAA"
-    code, _, err = run(capsys, "status", "-p", str(profile), "--case", sub.case_id)
+    code, _, err = run_cli(capsys, "status", "-p", str(profile), "--case", sub.case_id)
     assert code == 3
     assert "cannot be trusted" in err
 
@@ -191,35 +184,35 @@ def test_status_table_and_json(
 def test_destination_show(
     zd: FakeZustelldienst, profile: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, err = run(capsys, "destination", "show", zd.destination_id, "-p", str(profile))
+    code, out, err = run_cli(capsys, "destination", "show", zd.destination_id, "-p", str(profile))
     assert code == 0, err
     for text in ("active", SERVICE, JSON_SCHEMA, "DE09", "eMail", "1.2.0", "valid"):
         assert text in out
     assert "all checks passed" in out
     zd.destination["status"] = "inactive"
-    code, out, _ = run(
+    code, out, _ = run_cli(
         capsys, "destination", "show", zd.destination_id, "-p", str(profile), "--json"
     )
     assert code == 3
     report = json.loads(out)
     assert report["ok"] is False
     assert report["destination"]["status"] == "inactive"
-    code, _, err = run(
+    code, _, err = run_cli(
         capsys, "destination", "show", "6f3c1f2e-3b7a-4c39-9b1e-0a1b2c3d4e5f", "-p", str(profile)
     )
     assert code == 4
 
 
 def test_profile_show_masks_secrets(profile: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(capsys, "profile", "show", "--profile", str(profile))
+    code, out, err = run_cli(capsys, "profile", "show", "--profile", str(profile))
     assert code == 0, err
     assert CLIENT_ID in out
     assert CLIENT_SECRET not in out
     assert "********" in out
-    code, out, _ = run(capsys, "profile", "show", "--profile", str(profile), "--json")
+    code, out, _ = run_cli(capsys, "profile", "show", "--profile", str(profile), "--json")
     data = json.loads(out)
     assert data["profile"]["sender"]["clientSecret"] == "********"
-    code, out, _ = run(
+    code, out, _ = run_cli(
         capsys, "profile", "show", "--profile", str(profile), "--json", "--show-secrets"
     )
     assert json.loads(out)["profile"]["sender"]["clientSecret"] == CLIENT_SECRET
@@ -232,10 +225,10 @@ def test_profile_show_without_profile(
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
     monkeypatch.delenv("FITCONNECT_PROFILE", raising=False)
     monkeypatch.delenv("FITCONNECT_ENV", raising=False)
-    code, _, err = run(capsys, "profile", "show")
+    code, _, err = run_cli(capsys, "profile", "show")
     assert code == 4
     assert "fitconnect dev" in err
-    code, _, err = run(capsys, "profile", "show", "--profile", str(tmp_path / "x.json"))
+    code, _, err = run_cli(capsys, "profile", "show", "--profile", str(tmp_path / "x.json"))
     assert code == 4
 
 
@@ -246,7 +239,7 @@ def test_missing_credentials_is_a_usage_error(
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
     for name in ("FITCONNECT_PROFILE", "FITCONNECT_CLIENT_ID", "FITCONNECT_CLIENT_SECRET"):
         monkeypatch.delenv(name, raising=False)
-    code, _, err = run(capsys, "status", "--env", "test", "--case", "x")
+    code, _, err = run_cli(capsys, "status", "--env", "test", "--case", "x")
     assert code == 2
     assert "Self-Service-Portal" in err
 
@@ -276,7 +269,7 @@ def test_status_last_follows_a_local_restart_on_another_port(
     data = tmp_path / "antrag.json"
     data.write_text("{}")
     local = _local_profile(tmp_path / "profile.json", zd, "http://127.0.0.1:8080")
-    assert run(capsys, "send", "-p", str(local), "--data", str(data))[0] == 0
+    assert run_cli(capsys, "send", "-p", str(local), "--data", str(data))[0] == 0
     sub = zd.only_submission()
     zd.accept(sub.submission_id)
     noted = json.loads((tmp_path / "profile.last-sent.json").read_text())
@@ -284,12 +277,12 @@ def test_status_last_follows_a_local_restart_on_another_port(
     # `fitconnect dev` restarted with --port 9090 rewrote the profile's URLs: same stack.
     for base in ("http://127.0.0.1:9090", "http://localhost:9090"):
         _local_profile(local, zd, base)
-        code, out, err = run(capsys, "status", "-p", str(local), "--last", "--json")
+        code, out, err = run_cli(capsys, "status", "-p", str(local), "--last", "--json")
         assert code == 0, err
         assert json.loads(out)["caseId"] == sub.case_id
     # Another local stack (another checkout: another demo destination) is not the same one.
     _local_profile(local, zd, "http://127.0.0.1:9090", destinationId=str(uuid.uuid4()))
-    code, _, err = run(capsys, "status", "-p", str(local), "--last")
+    code, _, err = run_cli(capsys, "status", "-p", str(local), "--last")
     assert code == 2
     assert "pass --case instead" in err
     assert len(err.strip().splitlines()) == 1
@@ -314,7 +307,7 @@ def test_status_last_never_mixes_environments(
             }
         )
     )
-    code, _, err = run(capsys, "status", "-p", str(local), "--last")
+    code, _, err = run_cli(capsys, "status", "-p", str(local), "--last")
     assert code == 2
     assert "submission-api-testing" in err
     assert "pass --case instead" in err
@@ -329,13 +322,13 @@ def test_status_last_never_mixes_environments(
             }
         )
     )
-    assert run(capsys, "status", "-p", str(local), "--last")[0] == 2
+    assert run_cli(capsys, "status", "-p", str(local), "--last")[0] == 2
     # Outside `local`, another URL is another installation: refused as before.
-    assert run(capsys, "send", "-p", str(profile), "--data", str(data))[0] == 0
+    assert run_cli(capsys, "send", "-p", str(profile), "--data", str(data))[0] == 0
     document = json.loads(profile.read_text())
     document["submissionApiUrl"] = "https://other-zd.test/v1"
     profile.write_text(json.dumps(document))
-    code, _, err = run(capsys, "status", "-p", str(profile), "--last")
+    code, _, err = run_cli(capsys, "status", "-p", str(profile), "--last")
     assert code == 2
     assert "pass --case instead" in err
 
@@ -354,7 +347,7 @@ def test_profile_show_test_environment_from_variables(
     monkeypatch.setenv("FITCONNECT_ENV", "test")
     monkeypatch.setenv("FITCONNECT_CLIENT_ID", "my-sender")
     monkeypatch.setenv("FITCONNECT_CLIENT_SECRET", "very-secret")
-    code, out, err = run(capsys, "profile", "show")
+    code, out, err = run_cli(capsys, "profile", "show")
     assert code == 0, err
     assert "https://submission-api-testing.fit-connect.fitko.dev/v1" in out
     assert "https://auth-testing.fit-connect.fitko.dev/token" in out
@@ -363,23 +356,23 @@ def test_profile_show_test_environment_from_variables(
     assert "very-secret" not in out
     assert "********" in out
     assert "fitconnect dev" not in out + err
-    code, out, _ = run(capsys, "profile", "show", "--json")
+    code, out, _ = run_cli(capsys, "profile", "show", "--json")
     document = json.loads(out)
     assert document["path"] is None
     assert document["environment"] == "test"
     assert document["preset"]["tokenUrl"] == "https://auth-testing.fit-connect.fitko.dev/token"
     assert document["credentialsFromEnvironment"]["clientSecret"] == "********"
-    code, out, _ = run(capsys, "profile", "show", "--json", "--show-secrets")
+    code, out, _ = run_cli(capsys, "profile", "show", "--json", "--show-secrets")
     assert json.loads(out)["credentialsFromEnvironment"]["clientSecret"] == "very-secret"
     # No credentials anywhere: not found, and the hint is the portal, never `fitconnect dev`.
     monkeypatch.delenv("FITCONNECT_CLIENT_ID")
     monkeypatch.delenv("FITCONNECT_CLIENT_SECRET")
-    code, _, err = run(capsys, "profile", "show", "--env", "stage")
+    code, _, err = run_cli(capsys, "profile", "show", "--env", "stage")
     assert code == 4
     assert "fitconnect dev" not in err
     assert "FITCONNECT_CLIENT_ID" in err
     assert len(err.strip().splitlines()) == 1
-    code, _, err = run(capsys, "profile", "show", "--env", "mine")
+    code, _, err = run_cli(capsys, "profile", "show", "--env", "mine")
     assert code == 4
     assert "fitconnect dev" not in err
 
@@ -390,7 +383,7 @@ def test_profile_show_names_credentials_from_variables_over_the_profile(
 ) -> None:
     monkeypatch.setenv("FITCONNECT_CLIENT_ID", "my-sender")
     monkeypatch.setenv("FITCONNECT_CLIENT_SECRET", "very-secret")
-    code, out, err = run(capsys, "profile", "show", "-p", str(profile))
+    code, out, err = run_cli(capsys, "profile", "show", "-p", str(profile))
     assert code == 0, err
     assert "my-sender" in out
     assert "win over the profile" in out
@@ -406,7 +399,7 @@ def test_send_wait_prints_the_ids_before_waiting(
     data = tmp_path / "antrag.json"
     data.write_text("{}")
     zd.auto_decide = "accept"
-    code, out, err = run(
+    code, out, err = run_cli(
         capsys, "send", "-p", str(profile), "--data", str(data), "--wait", "--json"
     )
     assert code == 0, err
@@ -415,7 +408,7 @@ def test_send_wait_prints_the_ids_before_waiting(
     assert f"submissionId {sub.submission_id}, caseId {sub.case_id}" in err
     # Nobody decides: the wait times out, but the caseId was printed and is in the error.
     zd.auto_decide = None
-    code, out, err = run(
+    code, out, err = run_cli(
         capsys, "send", "-p", str(profile), "--data", str(data), "--wait", "--timeout", "1"
     )
     assert code == 1
@@ -435,11 +428,11 @@ def test_destination_show_explains_top_level_reply_channels(
     zd: FakeZustelldienst, profile: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     zd.destination["replyChannels"] = {"eMail": {}, "deMail": {}}
-    code, out, err = run(capsys, "destination", "show", "-p", str(profile))
+    code, out, err = run_cli(capsys, "destination", "show", "-p", str(profile))
     assert code == 0, err
     assert "deprecated" in out
     assert "a service's own list wins" in out
     assert "all services" not in out
     del zd.destination["services"][0]["replyChannels"]
-    code, out, _ = run(capsys, "destination", "show", "-p", str(profile))
+    code, out, _ = run_cli(capsys, "destination", "show", "-p", str(profile))
     assert "the top-level list above applies" in out

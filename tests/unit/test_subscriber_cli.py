@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.support.cli import run_cli
 from tests.unit.test_client_fakes import API, BASE, CLIENT_ID, CLIENT_SECRET, JSON_SCHEMA
 from tests.unit.test_subscriber_fakes import SCHEMA_FILE_JSON, SubscriberZD, base_plan, send_plan
 
 from fitconnect_kit.cli import profile as cli_profile
-from fitconnect_kit.cli.main import main
 from fitconnect_kit.protocol.events import parse_set
 
 
@@ -64,15 +64,6 @@ def schema(tmp_path: Path) -> str:
     return f"{JSON_SCHEMA}={path}"
 
 
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main(list(args))
-    out, err = capsys.readouterr()
-    code = info.value.code
-    assert isinstance(code, int)
-    return code, out, err
-
-
 def sent(zd: SubscriberZD, **changes: Any) -> tuple[str, str]:
     built = asyncio.run(send_plan(zd, base_plan(zd, **changes)))
     return built.submission_id or "", built.case_id or ""
@@ -83,17 +74,17 @@ def posted(zd: SubscriberZD) -> list[str]:
 
 
 def test_inbox(zd: SubscriberZD, profile: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(capsys, "inbox", "--profile", str(profile))
+    code, out, _ = run_cli(capsys, "inbox", "--profile", str(profile))
     assert code == 0
     assert "no submissions waiting" in out
     first, case = sent(zd)
     second, _ = sent(zd)
-    code, out, _ = run(capsys, "inbox", "--profile", str(profile))
+    code, out, _ = run_cli(capsys, "inbox", "--profile", str(profile))
     assert code == 0
     assert first in out
     assert second in out
     assert case in out
-    code, out, _ = run(
+    code, out, _ = run_cli(
         capsys, "inbox", "--profile", str(profile), "--destination", zd.destination_id, "--json"
     )
     data = json.loads(out)
@@ -106,7 +97,7 @@ def test_receive_only_verifies(
 ) -> None:
     sid, _ = sent(zd)
     out_dir = tmp_path / "out"
-    code, out, err = run(
+    code, out, err = run_cli(
         capsys, "receive", "-p", str(profile), "-s", sid, "-o", str(out_dir), "--schema", schema
     )
     assert code == 0, err
@@ -119,7 +110,7 @@ def test_receive_invalid_without_action_exits_3(
     zd: SubscriberZD, profile: Path, schema: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     sid, _ = sent(zd, wrong_data_hash=True)
-    code, out, _ = run(
+    code, out, _ = run_cli(
         capsys,
         "receive",
         "-p",
@@ -142,10 +133,10 @@ def test_receive_auto_accepts_and_rejects(
     good, _ = sent(zd)
     bad, _ = sent(zd, reply_channel={"deMail": {"address": "x@example.de-mail.de"}})
     args = ["receive", "-p", str(profile), "--schema", schema, "--auto"]
-    code, out, _ = run(capsys, *args, "-s", good, "-o", str(tmp_path / "good"))
+    code, out, _ = run_cli(capsys, *args, "-s", good, "-o", str(tmp_path / "good"))
     assert code == 0
     assert "result: accepted" in out
-    code, out, _ = run(capsys, *args, "-s", bad, "-o", str(tmp_path / "bad"), "--json")
+    code, out, _ = run_cli(capsys, *args, "-s", bad, "-o", str(tmp_path / "bad"), "--json")
     assert code == 0
     data = json.loads(out)
     assert data["result"] == "rejected with 1 problem(s)"
@@ -158,7 +149,7 @@ def test_receive_accept_refuses_an_invalid_submission(
     zd: SubscriberZD, profile: Path, schema: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     sid, _ = sent(zd, wrong_data_hash=True)
-    code, _, err = run(
+    code, _, err = run_cli(
         capsys,
         *("receive", "-p", str(profile), "-s", sid, "-o", str(tmp_path / "o")),
         *("--schema", schema, "--accept"),
@@ -172,7 +163,7 @@ def test_receive_reject_as_asked(
     zd: SubscriberZD, profile: Path, schema: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     sid, case = sent(zd)
-    code, out, _ = run(
+    code, out, _ = run_cli(
         capsys,
         *("receive", "-p", str(profile), "-s", sid, "-o", str(tmp_path / "o"), "--schema", schema),
         *("--reject", "schema-violation:data", "--reject", "technical-error"),
@@ -180,11 +171,11 @@ def test_receive_reject_as_asked(
     assert code == 0
     assert "result: rejected with 2 problem(s)" in out
     assert posted(zd) == ["reject-submission"]
-    code, out, _ = run(capsys, "events", "-p", str(profile), "--case", case)
+    code, out, _ = run_cli(capsys, "events", "-p", str(profile), "--case", case)
     assert code == 0
     assert "reject-submission" in out
     assert f"submission {sid}: rejected" in out
-    code, out, _ = run(capsys, "events", "-p", str(profile), "--case", case, "--json")
+    code, out, _ = run_cli(capsys, "events", "-p", str(profile), "--case", case, "--json")
     data = json.loads(out)
     assert data["submissions"][sid]["status"] == "rejected"
     assert [e["event"] for e in data["events"]][-1] == "reject-submission"
@@ -195,10 +186,10 @@ def test_receive_usage_errors(
 ) -> None:
     sid, _ = sent(zd)
     base = ["receive", "-p", str(profile), "-s", sid, "-o", str(tmp_path / "o")]
-    code, _, err = run(capsys, *base, "--reject", "no-such-problem")
+    code, _, err = run_cli(capsys, *base, "--reject", "no-such-problem")
     assert code == 2
     assert "unknown reject problem" in err
-    code, _, err = run(capsys, *base, "--accept", "--auto")
+    code, _, err = run_cli(capsys, *base, "--accept", "--auto")
     assert code == 2
     assert "choose one" in err
 
@@ -210,7 +201,7 @@ def test_receive_missing_schema_decides_nothing(
         {"schemaUri": "urn:unknown:schema", "mimeType": "application/json"}
     )
     sid, _ = sent(zd, data_schema_uri="urn:unknown:schema")
-    code, out, err = run(
+    code, out, err = run_cli(
         capsys, "receive", "-p", str(profile), "-s", sid, "-o", str(tmp_path / "o"), "--auto"
     )
     assert code == 2
@@ -223,17 +214,19 @@ def test_receive_not_found_and_explicit_keys(
     zd: SubscriberZD, profile: Path, schema: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     missing = "11111111-2222-4333-8444-555555555555"
-    code, _, err = run(capsys, "receive", "-p", str(profile), "-s", missing, "-o", str(tmp_path))
+    code, _, err = run_cli(
+        capsys, "receive", "-p", str(profile), "-s", missing, "-o", str(tmp_path)
+    )
     assert code == 4
     assert "not found" in err
     no_key = str(tmp_path / "no-such-key.json")
-    code, _, err = run(
+    code, _, err = run_cli(
         capsys, "receive", "-p", str(profile), "-s", missing, "-o", str(tmp_path), "-k", no_key
     )
     assert code == 4
     assert "not found" in err
     sid, _ = sent(zd)
-    code, out, _ = run(
+    code, out, _ = run_cli(
         capsys,
         *("receive", "-p", str(profile), "-s", sid, "-o", str(tmp_path / "o"), "--schema", schema),
         *(
