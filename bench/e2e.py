@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/e2e.py [--database sqlite|postgres|both] [--senders 16]
         [--duration 30] [--warmup 8] [--attachment-bytes 4096] [--count-rsa]
+        [--topology dev|split|both] [--zd-processes 2] [--blob-store filesystem|postgres]
         [--pg-url postgresql://postgres@127.0.0.1:5432] [--py-spy DIR] [--keep]
 
 For each database, starts a **fresh** ``fitconnect dev`` as a separate process, the way a user
@@ -29,6 +30,14 @@ core), the RSA private-key operations one round trip needs (from the protocol; w
 
 ``--py-spy DIR`` records the server process (and this one) during the window with py-spy
 (``pip install py-spy``; not a dependency of the project) and prints the top frames.
+
+``--topology split`` (PostgreSQL only; an experiment, see :class:`SplitStack`) runs the same
+workload against ``--zd-processes`` ``fitconnect serve`` processes on one fresh PostgreSQL
+database — seeded with the dev stack's own code, the dev stack's server settings, one shared
+data directory (file blobs, or ``--blob-store postgres``), the same ``base_url`` (``iss``) on
+every node — with senders and subscriber spread over the nodes round-robin, and the demo
+Fachverfahren's worker (polling, as with ``--subscriber bench``) in a process of its own. CPU is
+printed per process. ``--topology both`` runs the dev topology, then the split one.
 """
 
 from __future__ import annotations
@@ -54,7 +63,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _support import cpu_idle_percent, proc_stat, rsa_key_pem
+from _support import cpu_idle_percent, free_port, proc_stat, rsa_key_pem, wait_ready
 
 #: All senders share the one sender client of the dev stack, whose token bucket (20 requests/s,
 #: burst 200 by default) would measure the rate limit policy, not the stack: lifted for the run
@@ -252,9 +261,8 @@ def rsa_counts() -> dict[str, int]:
         return dict(_COUNTS)
 
 
-def dev_wrapper_main(counts_file: str, argv: list[str]) -> None:
-    """``fitconnect <argv>`` with RSA counters, writing the counts to ``counts_file``."""
-    install_rsa_counters()
+def _dump_counts_forever(counts_file: str) -> None:
+    """Write this process's counts to ``counts_file`` every 0.2 s (daemon thread)."""
 
     def dump() -> None:
         tmp = counts_file + ".tmp"
@@ -265,6 +273,12 @@ def dev_wrapper_main(counts_file: str, argv: list[str]) -> None:
             time.sleep(0.2)
 
     threading.Thread(target=dump, daemon=True).start()
+
+
+def dev_wrapper_main(counts_file: str, argv: list[str]) -> None:
+    """``fitconnect <argv>`` with RSA counters, writing the counts to ``counts_file``."""
+    install_rsa_counters()
+    _dump_counts_forever(counts_file)
     from fitconnect_kit.cli.main import main
 
     sys.argv = ["fitconnect", *argv]
@@ -284,6 +298,7 @@ class DevProcess:
         database_url: str | None,
         count_rsa: bool,
         with_subscriber: bool = True,
+        blob_store: str = "filesystem",
         extra_env: dict[str, str] | None = None,
     ) -> None:
         self.workdir = workdir
@@ -294,7 +309,7 @@ class DevProcess:
         if not with_subscriber:
             args.append("--no-subscriber")
         if database_url:
-            args += ["--database-url", database_url]
+            args += ["--database-url", database_url, "--blob-store", blob_store]
         if count_rsa:
             command = [sys.executable, __file__, "--dev-wrapper", str(self.counts_path), *args]
         else:
@@ -319,6 +334,13 @@ class DevProcess:
     @property
     def profile_path(self) -> Path:
         return self.data_dir / "profile.json"
+
+    @property
+    def sender_profiles(self) -> list[Path]:
+        return [self.profile_path]
+
+    def processes(self) -> dict[str, int]:
+        return {"server": self.pid}
 
     def wait_ready(self, timeout: float = 180.0) -> None:
         deadline = time.monotonic() + timeout
@@ -359,6 +381,197 @@ class DevProcess:
                 self.proc.wait()
         self._log.close()
         return self.proc.returncode
+
+
+# --- the split topology: K Zustelldienst processes + the subscriber in its own process ------------
+
+
+def node_profile(profile_path: Path, public_url: str, node_url: str, index: int) -> Path:
+    """A copy of the ``local`` profile whose token and Submission API URLs name one node.
+
+    Only where the client connects changes: every node has the same ``base_url`` (the ``iss`` of
+    SETs and access tokens), and the SDK verifies ZD SETs with the JWKS of the node it talks to
+    (all nodes share the server keys), without comparing ``iss`` with the URL it connects to.
+    Written next to the original, so the relative key paths still resolve.
+    """
+    if node_url == public_url:
+        return profile_path
+    text = profile_path.read_text(encoding="utf-8")
+    copy = profile_path.with_name(f"profile-node-{index}.json")
+    copy.write_text(text.replace(f'"{public_url}/', f'"{node_url}/'), encoding="utf-8")
+    copy.chmod(0o600)
+    return copy
+
+
+def subscriber_main(profile: str, workdir: str, counts_file: str) -> None:
+    """``--subscriber-worker``: :func:`run_subscriber` in a process of its own until SIGTERM."""
+    if counts_file:
+        install_rsa_counters()
+        _dump_counts_forever(counts_file)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await run_subscriber(Path(profile), Path(workdir), stop)
+
+    asyncio.run(main())
+
+
+class SplitStack:
+    """``--topology split``: K ``fitconnect serve`` processes on one PostgreSQL database and the
+    demo Fachverfahren's worker (polling, no callback) in a process of its own.
+
+    Seeded in this process with the dev stack's own code (:meth:`DevStack.prepare`: clients,
+    destination and its keys, ``seed.json``, ``profile.json``), so the data is the one
+    ``fitconnect dev`` makes. Every node gets the dev stack's ``ServerConfig`` (test key policy,
+    dev rate limits, workers on, same data directory and blob store) with its own port and the
+    **same** ``base_url`` (node 1's URL: the ``iss`` of every SET and token). Senders and the
+    subscriber connect to the nodes round-robin (per-node profile copies).
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        database_url: str,
+        nodes: int,
+        blob_store: str,
+        count_rsa: bool,
+        senders: int,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        from fitconnect_kit.devstack import DevOptions, DevStack
+
+        self.workdir = workdir
+        self.data_dir = workdir / "dev"
+        self.count_rsa = count_rsa
+        ports: list[int] = []
+        while len(ports) < nodes:
+            port = free_port()
+            if port not in ports:
+                ports.append(port)
+        stack = DevStack(
+            DevOptions(
+                port=ports[0],
+                data_dir=self.data_dir,
+                with_subscriber=False,
+                quiet=True,
+                register_profile=False,
+                database_url=database_url,
+                blob_store=blob_store,  # type: ignore[arg-type]
+            )
+        )
+        self.data_dir.mkdir(mode=0o700, parents=True)
+        info = asyncio.run(stack.prepare())
+        self.public_url = info.base_url
+        self.node_urls = [f"http://127.0.0.1:{port}" for port in ports]
+        config = stack.server_config().model_dump(mode="json")
+        env = {
+            **os.environ,
+            "XDG_CONFIG_HOME": str(workdir / "config"),
+            **RATE_LIMIT_ENV,
+            **(extra_env or {}),
+        }
+        env.pop("FITCONNECT_PROFILE", None)
+        env.pop("FITCONNECT_CONFIG", None)
+        self._logs: list[Any] = []
+        self.nodes: list[subprocess.Popen[bytes]] = []
+        self.counts_paths: list[Path] = []
+        for index, port in enumerate(ports):
+            config_file = workdir / f"node-{index + 1}.json"
+            config_file.write_text(json.dumps({**config, "port": port}), encoding="utf-8")
+            args = ["serve", "--config", str(config_file)]
+            counts = workdir / f"rsa-counts-node-{index + 1}.json"
+            if count_rsa:
+                command = [sys.executable, __file__, "--dev-wrapper", str(counts), *args]
+                self.counts_paths.append(counts)
+            else:
+                command = [str(Path(sys.executable).parent / "fitconnect"), *args]
+            log = (workdir / f"node-{index + 1}.log").open("wb")
+            self._logs.append(log)
+            self.nodes.append(
+                subprocess.Popen(
+                    command, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT
+                )
+            )
+        self.sender_profiles = [
+            node_profile(info.profile_path, self.public_url, url, index + 1)
+            for index, url in enumerate(self.node_urls)
+        ]
+        # The round robin of the senders goes on with the subscriber.
+        self.subscriber_node = senders % nodes
+        self.subscriber: subprocess.Popen[bytes] | None = None
+        self._subscriber_env = env
+
+    def wait_ready(self) -> None:
+        for url, node in zip(self.node_urls, self.nodes, strict=True):
+            try:
+                wait_ready(url, node, timeout=180.0)
+            except RuntimeError:
+                raise SystemExit(f"node {url} did not start:\n{self.output()}") from None
+        counts = self.workdir / "rsa-counts-subscriber.json"
+        if self.count_rsa:
+            self.counts_paths.append(counts)
+        log = (self.workdir / "subscriber.log").open("wb")
+        self._logs.append(log)
+        self.subscriber = subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "--subscriber-worker",
+                str(self.sender_profiles[self.subscriber_node]),
+                str(self.workdir),
+                str(counts) if self.count_rsa else "",
+            ],
+            cwd=self.workdir,
+            env=self._subscriber_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def processes(self) -> dict[str, int]:
+        pids = {f"zd-{i + 1}": node.pid for i, node in enumerate(self.nodes)}
+        if self.subscriber is not None:
+            pids["subscriber"] = self.subscriber.pid
+        return pids
+
+    def rsa_counts(self) -> dict[str, int]:
+        total: Counter[str] = Counter()
+        for path in self.counts_paths:
+            with contextlib.suppress(OSError, ValueError):
+                total.update(json.loads(path.read_text(encoding="utf-8")))
+        return dict(total)
+
+    def signer_names(self) -> dict[str, str]:
+        seed = json.loads((self.data_dir / "seed.json").read_text(encoding="utf-8"))
+        return {str(seed.get("signingKid")): "subscriber"}
+
+    def output(self) -> str:
+        parts = []
+        for path in sorted(self.workdir.glob("*.log")):
+            parts.append(f"--- {path.name}\n" + path.read_text(encoding="utf-8", errors="replace"))
+        return "\n".join(parts)
+
+    def stop(self) -> int:
+        """Subscriber first (it may be finishing a submission), then the nodes."""
+        status = 0
+        procs = ([self.subscriber] if self.subscriber is not None else []) + self.nodes
+        for group in (procs[:1], procs[1:]) if self.subscriber is not None else (procs,):
+            for proc in group:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+            for proc in group:
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+                status = status or proc.returncode
+        for log in self._logs:
+            log.close()
+        return status
 
 
 # --- PostgreSQL -----------------------------------------------------------------------------------
@@ -423,14 +636,15 @@ async def run_subscriber(profile_path: Path, workdir: Path, stop: asyncio.Event)
 
 
 async def run_senders(
-    profile_path: Path,
+    profile_paths: list[Path],
     *,
     senders: int,
     attachment_bytes: int,
     stop_at: float,
     poll_interval: float | None,
-    on_request: Callable[[], None],
+    on_request: Callable[[str], None],
 ) -> LoadResult:
+    """Sender ``i`` uses ``profile_paths[i % len(profile_paths)]`` (one per node when split)."""
     import httpx
 
     from fitconnect_kit.client import AsyncSender, SubmissionBuilder
@@ -439,13 +653,14 @@ async def run_senders(
     result = LoadResult()
     attachment = (b"Nachweis " * (attachment_bytes // 9 + 1))[:attachment_bytes]
 
-    async def count(_request: httpx.Request) -> None:
-        on_request()
+    async def count(request: httpx.Request) -> None:
+        on_request(f"{request.url.scheme}://{request.url.host}:{request.url.port}")
 
     async def one_sender(index: int) -> None:
         client = httpx.AsyncClient(
             timeout=httpx.Timeout(120.0), event_hooks={"request": [count]}, follow_redirects=False
         )
+        profile_path = profile_paths[index % len(profile_paths)]
         sender = AsyncSender.from_config("local", profile=profile_path, http_client=client)
         profile = sender.profile
         assert profile is not None
@@ -492,7 +707,7 @@ class RunFigures:
     round_trips: int
     seconds: float
     latencies: list[float]
-    server_cpu: float
+    server_cpu: float  # all processes of the stack (dev: the one; split: nodes + subscriber)
     bench_cpu: float
     machine_busy: float  # share of all cores busy in the window
     idle_before: float | None
@@ -500,11 +715,21 @@ class RunFigures:
     requests_per_round_trip: float
     server_counts: dict[str, int]
     bench_counts: dict[str, int]
-    subscriber: str = "dev"
+    subscriber: str = "dev"  # dev | bench | process (split topology)
+    topology: str = "dev"
+    process_cpu: dict[str, float] = field(default_factory=dict)  # label -> CPU seconds
+    requests_per_node: dict[str, int] = field(default_factory=dict)  # sender requests
 
     @property
     def rate(self) -> float:
         return self.round_trips / self.seconds
+
+    @property
+    def label(self) -> str:
+        if self.topology == "dev":
+            return self.database
+        nodes = sum(1 for k in self.process_cpu if k.startswith("zd-"))
+        return f"{self.database}, split: {nodes} ZD processes + subscriber process"
 
 
 def _percentile(values: list[float], fraction: float) -> float:
@@ -537,30 +762,47 @@ def _rsa_total(counts: dict[str, float]) -> float:
     return sum(v for k, v in counts.items() if " signs " in k or " decrypts " in k)
 
 
-def run_one(database: str, args: argparse.Namespace) -> RunFigures:
+def run_one(database: str, args: argparse.Namespace, topology: str = "dev") -> RunFigures:
     import psutil
 
     idle = cpu_idle_percent()
-    tmp = Path(tempfile.mkdtemp(prefix=f"fc-bench-e2e-{database}-"))
+    tag = database if topology == "dev" else f"{database}-split"
+    tmp = Path(tempfile.mkdtemp(prefix=f"fc-bench-e2e-{tag}-"))
     pg_name: str | None = None
     database_url: str | None = None
     if database == "postgres":
         pg_name, database_url = create_pg_database(args.pg_url)
-    in_bench = args.subscriber == "bench"
-    dev = DevProcess(
-        tmp, database_url=database_url, count_rsa=args.count_rsa, with_subscriber=not in_bench
-    )
+    in_bench = topology == "dev" and args.subscriber == "bench"
+    stack: DevProcess | SplitStack | None = None
     spy: list[subprocess.Popen[bytes]] = []
     try:
-        dev.wait_ready()
-        server = psutil.Process(dev.pid)
+        if topology == "split":
+            assert database_url is not None
+            stack = SplitStack(
+                tmp,
+                database_url=database_url,
+                nodes=args.zd_processes,
+                blob_store=args.blob_store,
+                count_rsa=args.count_rsa,
+                senders=args.senders,
+            )
+        else:
+            stack = DevProcess(
+                tmp,
+                database_url=database_url,
+                count_rsa=args.count_rsa,
+                with_subscriber=not in_bench,
+                blob_store=args.blob_store,
+            )
+        stack.wait_ready()
+        stack_processes = {label: psutil.Process(pid) for label, pid in stack.processes().items()}
         me = psutil.Process()
         if args.count_rsa:
             install_rsa_counters()
-        requests = [0]
+        requests: Counter[str] = Counter()
 
-        def on_request() -> None:
-            requests[0] += 1
+        def on_request(node: str) -> None:
+            requests[node] += 1
 
         started = time.monotonic()
         window_start = started + args.warmup
@@ -570,12 +812,14 @@ def run_one(database: str, args: argparse.Namespace) -> RunFigures:
         def mark(name: str) -> None:
             cpu_idle, cpu_total = proc_stat()
             marks[name] = {
-                "server": sum(server.cpu_times()[:2]),
+                "processes": {
+                    label: sum(proc.cpu_times()[:2]) for label, proc in stack_processes.items()
+                },
                 "bench": sum(me.cpu_times()[:2]),
                 "idle": cpu_idle,
                 "total": cpu_total,
-                "requests": requests[0],
-                "server_counts": dev.rsa_counts(),
+                "requests": Counter(requests),
+                "server_counts": stack.rsa_counts(),
                 "bench_counts": rsa_counts(),
                 "time": time.monotonic(),
             }
@@ -585,19 +829,20 @@ def run_one(database: str, args: argparse.Namespace) -> RunFigures:
                 await asyncio.sleep(max(0.0, window_start - time.monotonic()))
                 await asyncio.to_thread(mark, "start")
                 if args.py_spy:
-                    spy.extend(start_py_spy(args.py_spy, database, dev.pid, args.duration))
+                    pids = {label: proc.pid for label, proc in stack_processes.items()}
+                    spy.extend(start_py_spy(args.py_spy, tag, pids, args.duration))
                 await asyncio.sleep(max(0.0, window_end - time.monotonic()))
                 await asyncio.to_thread(mark, "end")
 
             timer_task = asyncio.create_task(timer())
             stop_subscriber = asyncio.Event()
             subscriber_task = (
-                asyncio.create_task(run_subscriber(dev.profile_path, tmp, stop_subscriber))
+                asyncio.create_task(run_subscriber(stack.sender_profiles[0], tmp, stop_subscriber))
                 if in_bench
                 else None
             )
             load = await run_senders(
-                dev.profile_path,
+                stack.sender_profiles,
                 senders=args.senders,
                 attachment_bytes=args.attachment_bytes,
                 stop_at=window_end,
@@ -614,34 +859,41 @@ def run_one(database: str, args: argparse.Namespace) -> RunFigures:
         for proc in spy:
             proc.wait(timeout=120)
         if args.py_spy:
-            _wait_for_profiles(args.py_spy, database)
+            _wait_for_profiles(args.py_spy, tag, [*stack_processes, "bench"])
         start, end = marks["start"], marks["end"]
         inside = [lat for (t, lat) in load.completed if start["time"] <= t <= end["time"]]
         seconds = end["time"] - start["time"]
         busy = 1.0 - (end["idle"] - start["idle"]) / max(1, end["total"] - start["total"])
+        process_cpu = {
+            label: end["processes"][label] - start["processes"][label] for label in stack_processes
+        }
+        per_node = end["requests"] - start["requests"]
         return RunFigures(
             database=database,
             round_trips=len(inside),
             seconds=seconds,
             latencies=inside,
-            server_cpu=end["server"] - start["server"],
+            server_cpu=sum(process_cpu.values()),
             bench_cpu=end["bench"] - start["bench"],
             machine_busy=busy,
             idle_before=idle,
             errors=load.errors,
-            requests_per_round_trip=(end["requests"] - start["requests"]) / max(1, len(inside)),
+            requests_per_round_trip=sum(per_node.values()) / max(1, len(inside)),
             server_counts=_named(
-                _diff(end["server_counts"], start["server_counts"]), dev.signer_names()
+                _diff(end["server_counts"], start["server_counts"]), stack.signer_names()
             ),
             bench_counts=_named(
-                _diff(end["bench_counts"], start["bench_counts"]), dev.signer_names()
+                _diff(end["bench_counts"], start["bench_counts"]), stack.signer_names()
             ),
-            subscriber=args.subscriber,
+            subscriber="process" if topology == "split" else args.subscriber,
+            topology=topology,
+            process_cpu=process_cpu,
+            requests_per_node=dict(per_node),
         )
     finally:
-        status = dev.stop()
+        status = stack.stop() if stack is not None else 0
         if status not in (0, None):
-            print(f"warning: fitconnect dev exited with status {status}", file=sys.stderr)
+            print(f"warning: a stack process exited with status {status}", file=sys.stderr)
         if pg_name is not None:
             drop_pg_database(args.pg_url, pg_name)
         if args.keep:
@@ -653,12 +905,13 @@ def run_one(database: str, args: argparse.Namespace) -> RunFigures:
 # --- py-spy ---------------------------------------------------------------------------------------
 
 
-def start_py_spy(directory: Path, database: str, pid: int, seconds: float) -> list[Any]:
+def start_py_spy(directory: Path, tag: str, pids: dict[str, int], seconds: float) -> list[Any]:
+    """Record each stack process (``label`` → pid) and this one (``bench``) with py-spy."""
     exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     directory.mkdir(parents=True, exist_ok=True)
     procs = []
-    for who, target in (("server", pid), ("bench", os.getpid())):
-        out = directory / f"{database}-{who}.txt"
+    for who, target in (*pids.items(), ("bench", os.getpid())):
+        out = directory / f"{tag}-{who}.txt"
         procs.append(
             subprocess.Popen(
                 [
@@ -684,11 +937,11 @@ def start_py_spy(directory: Path, database: str, pid: int, seconds: float) -> li
     return procs
 
 
-def _wait_for_profiles(directory: Path, database: str, seconds: float = 30.0) -> None:
+def _wait_for_profiles(directory: Path, tag: str, labels: list[str], seconds: float = 30.0) -> None:
     """py-spy writes its file when it ends; give it time to appear completely."""
     deadline = time.monotonic() + seconds
-    for who in ("server", "bench"):
-        path = directory / f"{database}-{who}.txt"
+    for who in labels:
+        path = directory / f"{tag}-{who}.txt"
         last = -1
         while time.monotonic() < deadline:
             size = path.stat().st_size if path.exists() else 0
@@ -727,8 +980,9 @@ def top_frames(raw: Path, limit: int = 15) -> list[tuple[float, float, str]]:
 def print_run(figures: RunFigures, capacity: RsaCapacity, limit: float) -> None:
     rt = figures.round_trips
     in_dev = figures.subscriber == "dev"
+    split = figures.topology == "split"
     print()
-    print(f"== {figures.database} ==")
+    print(f"== {figures.label} ==")
     if figures.idle_before is not None:
         print(f"CPU idle before the run: {figures.idle_before:.0f}%")
     print(
@@ -740,13 +994,39 @@ def print_run(figures: RunFigures, capacity: RsaCapacity, limit: float) -> None:
         f"p99 {1000 * _percentile(figures.latencies, 0.99):.0f} ms"
     )
     window = figures.seconds
+    if split:
+        zd = {k: v for k, v in figures.process_cpu.items() if k.startswith("zd-")}
+        zd_cpu = sum(zd.values())
+        subscriber_cpu = figures.process_cpu.get("subscriber", 0.0)
+        print(
+            f"ZD processes CPU ({len(zd)} × `fitconnect serve`): "
+            f"{1000 * zd_cpu / max(1, rt):.1f} ms per round trip, "
+            f"{100 * zd_cpu / window:.0f}% of one core in all ("
+            + ", ".join(f"{k} {100 * v / window:.0f}%" for k, v in zd.items())
+            + ")"
+        )
+        print(
+            "subscriber process CPU (demo Fachverfahren's worker, polling): "
+            f"{1000 * subscriber_cpu / max(1, rt):.1f} ms per round trip, "
+            f"{100 * subscriber_cpu / window:.0f}% of one core"
+        )
+        total = sum(figures.requests_per_node.values()) or 1
+        print(
+            "sender requests per node: "
+            + ", ".join(
+                f"{url} {100 * n / total:.0f}%"
+                for url, n in sorted(figures.requests_per_node.items())
+            )
+        )
+    else:
+        print(
+            f"server process CPU ({'ZD + demo Fachverfahren' if in_dev else 'ZD'}): "
+            f"{1000 * figures.server_cpu / max(1, rt):.1f} ms per round trip, "
+            f"{100 * figures.server_cpu / window:.0f}% of one core"
+        )
+    in_bench = figures.subscriber == "bench"
     print(
-        f"server process CPU ({'ZD + demo Fachverfahren' if in_dev else 'ZD'}): "
-        f"{1000 * figures.server_cpu / max(1, rt):.1f} ms per round trip, "
-        f"{100 * figures.server_cpu / window:.0f}% of one core"
-    )
-    print(
-        f"bench process CPU ({'senders' if in_dev else 'senders + subscriber'}): "
+        f"bench process CPU ({'senders + subscriber' if in_bench else 'senders'}): "
         f"{1000 * figures.bench_cpu / max(1, rt):.1f} ms per round "
         f"trip, {100 * figures.bench_cpu / window:.0f}% of one core"
     )
@@ -757,10 +1037,10 @@ def print_run(figures: RunFigures, capacity: RsaCapacity, limit: float) -> None:
         bench = {k: v / max(1, rt) for k, v in figures.bench_counts.items()}
         print(
             "counted per round trip (RSA private-key operations, requests, statements): "
-            "server process "
+            + ("ZD + subscriber processes " if split else "server process ")
             + ", ".join(f"{k} {v:.2f}" for k, v in sorted(per.items()))
             + f" (RSA total {_rsa_total(per):.2f})"
-            + ("; senders " if in_dev else "; bench process ")
+            + ("; bench process " if figures.subscriber == "bench" else "; senders ")
             + (", ".join(f"{k} {v:.2f}" for k, v in sorted(bench.items())) or "none")
         )
     ratio = figures.rate / limit
@@ -773,6 +1053,18 @@ def print_run(figures: RunFigures, capacity: RsaCapacity, limit: float) -> None:
         print(f"error: {error}")
 
 
+def _describe(topology: str, args: argparse.Namespace) -> str:
+    if topology == "split":
+        return (
+            f"split topology: {args.zd_processes} `fitconnect serve` processes on one PostgreSQL "
+            f"database ({args.blob_store} blobs), same base_url, clients round-robin over them; "
+            "the demo Fachverfahren's worker in a process of its own (polling)"
+        )
+    if args.subscriber == "dev":
+        return "demo Fachverfahren of `fitconnect dev` as the subscriber"
+    return "subscriber worker in the bench process (`fitconnect dev --no-subscriber`)"
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--rsa-worker":
         kind, pem, start_at, seconds = sys.argv[2:6]
@@ -781,9 +1073,29 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--dev-wrapper":
         dev_wrapper_main(sys.argv[2], sys.argv[3:])
         return
+    if len(sys.argv) > 1 and sys.argv[1] == "--subscriber-worker":
+        subscriber_main(*sys.argv[2:5])
+        return
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--database", choices=["sqlite", "postgres", "both"], default="both")
+    parser.add_argument(
+        "--topology",
+        choices=["dev", "split", "both"],
+        default="dev",
+        help="dev: one `fitconnect dev` process; split: --zd-processes `fitconnect serve` "
+        "processes on one PostgreSQL database and the subscriber worker in a process of its "
+        "own (PostgreSQL only); both: dev, then split",
+    )
+    parser.add_argument(
+        "--zd-processes", type=int, default=2, help="Zustelldienst processes (split topology)"
+    )
+    parser.add_argument(
+        "--blob-store",
+        choices=["filesystem", "postgres"],
+        default="filesystem",
+        help="blob store on PostgreSQL (filesystem: one data directory shared by all nodes)",
+    )
     parser.add_argument("--senders", type=int, default=16, help="concurrent senders")
     parser.add_argument("--duration", type=float, default=30.0, help="measured seconds")
     parser.add_argument("--warmup", type=float, default=8.0, help="seconds before measuring")
@@ -796,7 +1108,8 @@ def main() -> None:
         choices=["dev", "bench"],
         default="dev",
         help="dev: the demo Fachverfahren inside `fitconnect dev` (callbacks); bench: "
-        "`fitconnect dev --no-subscriber` and the same SubscriberWorker in this process (polling)",
+        "`fitconnect dev --no-subscriber` and the same SubscriberWorker in this process "
+        "(polling); dev topology only",
     )
     parser.add_argument("--pg-url", default=DEFAULT_PG_URL, help="PostgreSQL server (trust)")
     parser.add_argument("--rsa-seconds", type=float, default=3.0, help="per RSA measurement")
@@ -804,34 +1117,40 @@ def main() -> None:
         "--count-rsa",
         action="store_true",
         help="count RSA private-key operations (and HTTP requests served, SQL statements) in "
-        "the dev process (wrapped CLI) and here",
+        "the stack's processes (wrapped CLI) and here",
     )
     parser.add_argument("--py-spy", type=Path, default=None, help="record profiles into DIR")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directories")
     args = parser.parse_args()
+    if args.zd_processes < 1:
+        parser.error("--zd-processes must be at least 1")
 
     import cryptography
 
     databases = ["sqlite", "postgres"] if args.database == "both" else [args.database]
+    topologies = ["dev", "split"] if args.topology == "both" else [args.topology]
+    plan = [
+        (database, topology)
+        for topology in topologies
+        for database in databases
+        if topology == "dev" or database == "postgres"
+    ]
+    if not plan:
+        parser.error("the split topology needs --database postgres (or both)")
     print(
-        f"fitconnect dev end-to-end: {args.senders} senders, {args.attachment_bytes}-byte "
-        f"attachment, {args.warmup:.0f} s warm-up + {args.duration:.0f} s measured, "
-        + (
-            "demo Fachverfahren of `fitconnect dev` as the subscriber"
-            if args.subscriber == "dev"
-            else "subscriber worker in the bench process (`fitconnect dev --no-subscriber`)"
-        )
+        f"end-to-end: {args.senders} senders, {args.attachment_bytes}-byte "
+        f"attachment, {args.warmup:.0f} s warm-up + {args.duration:.0f} s measured"
     )
+    for topology in topologies:
+        print(f"{topology}: {_describe(topology, args)}")
     print(
         f"Python {platform.python_version()}, cryptography {cryptography.__version__}, "
         f"{os.cpu_count()} CPUs"
     )
-    runs = [run_one(database, args) for database in databases]
+    runs = [run_one(database, args, topology) for database, topology in plan]
 
     idle = cpu_idle_percent()
     capacity = measure_rsa_capacity(args.rsa_seconds)
-    zd_sets, signs, decrypts = protocol_operations(args.subscriber)
-    limit = capacity.round_trips(signs, decrypts)
     print()
     print(
         f"RSA-4096 private-key capacity (cryptography, {capacity.cores} processes in parallel"
@@ -839,28 +1158,30 @@ def main() -> None:
         + f"): sign PS512 {capacity.sign_all:.0f}/s, decrypt OAEP-256 {capacity.decrypt_all:.0f}/s;"
         f" per core: sign {capacity.sign_one:.0f}/s, decrypt {capacity.decrypt_one:.0f}/s"
     )
-    print(
-        "RSA private-key operations per round trip (protocol): "
-        + ", ".join(f"ZD signs {k} {v}" for k, v in zd_sets.items())
-        + ", "
-        + ", ".join(f"subscriber unwraps {k} {v}" for k, v in SUBSCRIBER_UNWRAPS.items())
-        + ", "
-        + ", ".join(f"subscriber signs {k} {v}" for k, v in SUBSCRIBER_SETS.items())
-        + f", access tokens ~0 (cached 1800 s) = {signs} signs + {decrypts} decrypts"
-    )
-    print(f"physical limit = capacity / operations = {limit:.1f} round trips/s")
+    limits: dict[bool, float] = {}
+    for with_callback in sorted({figures.subscriber == "dev" for figures in runs}, reverse=True):
+        zd_sets, signs, decrypts = protocol_operations("dev" if with_callback else "polling")
+        limits[with_callback] = capacity.round_trips(signs, decrypts)
+        print(
+            "RSA private-key operations per round trip (protocol"
+            + ("" if with_callback else ", subscriber polling")
+            + "): "
+            + ", ".join(f"ZD signs {k} {v}" for k, v in zd_sets.items())
+            + ", "
+            + ", ".join(f"subscriber unwraps {k} {v}" for k, v in SUBSCRIBER_UNWRAPS.items())
+            + ", "
+            + ", ".join(f"subscriber signs {k} {v}" for k, v in SUBSCRIBER_SETS.items())
+            + f", access tokens ~0 (cached 1800 s) = {signs} signs + {decrypts} decrypts"
+        )
+        print(f"physical limit = capacity / operations = {limits[with_callback]:.1f} round trips/s")
     for figures in runs:
-        print_run(figures, capacity, limit)
+        print_run(figures, capacity, limits[figures.subscriber == "dev"])
     if args.py_spy:
-        for database in databases:
-            for who in ("server", "bench"):
-                raw = args.py_spy / f"{database}-{who}.txt"
-                if not raw.exists():
-                    continue
-                print()
-                print(f"py-spy top frames ({database}, {who} process): self%  total%  frame")
-                for own, total, frame in top_frames(raw):
-                    print(f"  {own:5.1f} {total:6.1f}  {frame}")
+        for raw in sorted(args.py_spy.glob("*.txt")):
+            print()
+            print(f"py-spy top frames ({raw.stem}): self%  total%  frame")
+            for own, total, frame in top_frames(raw):
+                print(f"  {own:5.1f} {total:6.1f}  {frame}")
     if any(figures.errors for figures in runs):
         raise SystemExit(1)
 
