@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Unpack
 
 from fitconnect_kit.client._base import (
     AsyncClientBase,
@@ -88,7 +88,6 @@ from fitconnect_kit.protocol.metadata import (
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
-    from typing_extensions import Unpack
 
     from fitconnect_kit.protocol.keys import TrustPolicy
     from fitconnect_kit.protocol.problems import Problem

@@ -33,7 +33,7 @@ from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Unpack
 
 import httpx
 
@@ -114,10 +114,6 @@ from fitconnect_kit.protocol.problems import (
     RejectProblemType,
     reject_problem,
 )
-
-if TYPE_CHECKING:
-    from typing_extensions import Unpack
-
 
 log = logging.getLogger("fitconnect_kit.client.subscriber")
 

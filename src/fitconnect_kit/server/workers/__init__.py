@@ -150,6 +150,7 @@ class WorkerRegistry:
         self._wake_events.clear()
 
     def _should_stop(self) -> bool:
+        # A method, not the attribute: a pass may set it meanwhile (mypy narrows attributes).
         return self._stopping
 
     async def _loop(self, worker: Worker, state: ZdState, wake: asyncio.Event) -> None:

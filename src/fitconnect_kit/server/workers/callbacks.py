@@ -259,9 +259,7 @@ class _Outcome:
     final: bool = False  # fail without retrying
 
 
-async def _send(
-    zd: ZdState, client: httpx.AsyncClient, job: _Job, started: set[int] | None = None
-) -> _Outcome:
+async def _send(zd: ZdState, client: httpx.AsyncClient, job: _Job) -> _Outcome:
     refusal = callback_url_refusal(
         job.url, allow_insecure_loopback=zd.config.allows_insecure_loopback_callbacks
     )
@@ -275,8 +273,6 @@ async def _send(
         **sign_callback(job.body, job.secret, clock=zd.clock),
     }
     timeout = zd.config.callbacks.request_timeout
-    if started is not None:
-        started.add(job.id)
     try:
         async with (
             asyncio.timeout(timeout),
@@ -415,9 +411,8 @@ async def _deliver(
     client: httpx.AsyncClient,
     job: _Job,
     result: CallbackPassResult,
-    started: set[int] | None = None,
 ) -> None:
-    outcome = await _send(zd, client, job, started)
+    outcome = await _send(zd, client, job)
     await _record(zd, job, outcome, result)
 
 
@@ -471,7 +466,6 @@ async def run_callbacks_pass(zd: ZdState) -> CallbackPassResult:
     capacity = zd.config.callbacks.max_concurrency
     poll = zd.config.workers.callback_interval
     in_flight: dict[asyncio.Task[None], int] = {}
-    started: set[int] = set()
     async with make_http_client(zd) as client:
         try:
             while True:
@@ -480,7 +474,7 @@ async def run_callbacks_pass(zd: ZdState) -> CallbackPassResult:
                 result.claimed += len(jobs)
                 for job in jobs:
                     task = asyncio.create_task(
-                        _deliver(zd, client, job, result, started), name=f"zd-callback-{job.id}"
+                        _deliver(zd, client, job, result), name=f"zd-callback-{job.id}"
                     )
                     in_flight[task] = job.id
                 if not in_flight:
@@ -506,13 +500,11 @@ async def run_callbacks_pass(zd: ZdState) -> CallbackPassResult:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             if unfinished:
-                await _release_on_exit(zd, unfinished, started, result)
+                await _release_on_exit(zd, unfinished, result)
     return result
 
 
-async def _release_on_exit(
-    zd: ZdState, unfinished: list[int], started: set[int], result: CallbackPassResult
-) -> None:
+async def _release_on_exit(zd: ZdState, unfinished: list[int], result: CallbackPassResult) -> None:
     """Hand back the deliveries a cancelled pass still held (see "Shutdown" above)."""
     try:
         result.released += await asyncio.shield(release_leases(zd, unfinished))
@@ -525,10 +517,4 @@ async def _release_on_exit(
         if not isinstance(exc, Exception):
             raise
         return
-    interrupted = sum(1 for job_id in unfinished if job_id in started)
-    logger.info(
-        "shutdown: released %d callback lease(s) (%d not sent yet, %d interrupted)",
-        len(unfinished),
-        len(unfinished) - interrupted,
-        interrupted,
-    )
+    logger.info("shutdown: released %d callback lease(s) (unsent or interrupted)", len(unfinished))
