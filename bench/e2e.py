@@ -64,6 +64,7 @@ from pathlib import Path
 from typing import Any
 
 from _support import cpu_idle_percent, free_port, proc_stat, rsa_key_pem, wait_ready
+from http_floor import PROTOCOL_REQUESTS, HttpFloor, measure_http_floor
 
 #: All senders share the one sender client of the dev stack, whose token bucket (20 requests/s,
 #: burst 200 by default) would measure the rate limit policy, not the stack: lifted for the run
@@ -1053,6 +1054,29 @@ def print_run(figures: RunFigures, capacity: RsaCapacity, limit: float) -> None:
         print(f"error: {error}")
 
 
+def print_floor(floor: HttpFloor, capacity: RsaCapacity, limits: dict[bool, float]) -> None:
+    """What the bare HTTP stack and the RSA operations alone allow: the reachable ceiling."""
+    _, signs, decrypts = protocol_operations("dev")
+    requests = sum(PROTOCOL_REQUESTS.values())
+    rsa_ms = 1000 * (signs / capacity.sign_one + decrypts / capacity.decrypt_one)
+    floor_ms = requests * floor.per_request_ms + rsa_ms
+    ceiling = capacity.cores * 1000 / floor_ms
+    limit = limits.get(True) or next(iter(limits.values()))
+    print(
+        f"HTTP floor (bench/http_floor.py: uvicorn + a do-nothing ASGI app, httpx with "
+        f"{floor.requests} requests over the senders' concurrency): CPU per request server "
+        f"{floor.server_ms:.2f} ms + client {floor.client_ms:.2f} ms = "
+        f"{floor.per_request_ms:.2f} ms"
+    )
+    print(
+        f"floor of one round trip: {requests} requests the protocol needs × "
+        f"{floor.per_request_ms:.2f} ms + {signs + decrypts} RSA operations ({rsa_ms:.1f} ms at "
+        f"the per-core rate) = {floor_ms:.1f} ms CPU → at most {ceiling:.1f} round trips/s on "
+        f"{capacity.cores} cores = {100 * ceiling / limit:.0f}% of the physical limit, with no "
+        "framework, database, JSON, hashing or AES at all"
+    )
+
+
 def _describe(topology: str, args: argparse.Namespace) -> str:
     if topology == "split":
         return (
@@ -1119,6 +1143,12 @@ def main() -> None:
         help="count RSA private-key operations (and HTTP requests served, SQL statements) in "
         "the stack's processes (wrapped CLI) and here",
     )
+    parser.add_argument(
+        "--floor-requests",
+        type=int,
+        default=4000,
+        help="requests for the HTTP floor measurement (bench/http_floor.py); 0 skips it",
+    )
     parser.add_argument("--py-spy", type=Path, default=None, help="record profiles into DIR")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directories")
     args = parser.parse_args()
@@ -1174,6 +1204,9 @@ def main() -> None:
             + f", access tokens ~0 (cached 1800 s) = {signs} signs + {decrypts} decrypts"
         )
         print(f"physical limit = capacity / operations = {limits[with_callback]:.1f} round trips/s")
+    floor = measure_http_floor(args.floor_requests, args.senders) if args.floor_requests else None
+    if floor is not None:
+        print_floor(floor, capacity, limits)
     for figures in runs:
         print_run(figures, capacity, limits[figures.subscriber == "dev"])
     if args.py_spy:

@@ -992,8 +992,8 @@ def _make_server_class() -> type:
 
 
 def _event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's event loop when it is installed (``pip install 'fitconnect-kit[fast]'``): a
-    faster loop for the many small requests of the stack; else asyncio's own."""
+    """uvloop's event loop where it exists (a dependency except on Windows): a faster loop for
+    the many small requests of the stack; else asyncio's own."""
     if os.environ.get("FITCONNECT_DEV_LOOP", "auto") == "asyncio":
         return None
     try:
