@@ -46,7 +46,6 @@ from fitconnect_kit.server.domain import submissions as domain
 from fitconnect_kit.server.problems import ApiError, require_media_type
 from fitconnect_kit.server.state import ZD, DbSession
 from fitconnect_kit.server.storage.blobs import BlobNotFoundError
-from fitconnect_kit.server.storage.models import Submission
 
 router = APIRouter(route_class=ProblemRoute)
 
@@ -56,7 +55,7 @@ P = ApiProblems
 _JSON_BODY = (P.PAYLOAD_TOO_LARGE, P.UNSUPPORTED_MEDIA_TYPE, P.INVALID_REQUEST_BODY)
 
 
-def _summary(submission: Submission) -> SubmissionSummary:
+def _summary(submission: domain.SubmissionIds) -> SubmissionSummary:
     return SubmissionSummary(
         destination_id=submission.destination_id,
         submission_id=submission.submission_id,
@@ -232,16 +231,14 @@ async def get_submission(
     zd: ZD,
     session: DbSession,
 ) -> JSONResponse:
-    submission, attachments = await domain.fetch_submission(
-        session, zd, principal, str(submissionId)
-    )
+    submission = await domain.fetch_submission(session, zd, principal, str(submissionId))
     resource = SubmissionResource.model_validate(
         {
             "destinationId": submission.destination_id,
             "submissionId": submission.submission_id,
             "caseId": submission.case_id,
             "serviceType": submission.service_type,
-            "attachments": attachments,
+            "attachments": submission.attachments,
             "encryptedMetadata": submission.encrypted_metadata,
             "encryptedData": submission.encrypted_data,
         }
@@ -273,11 +270,8 @@ async def get_attachment(
     attachmentId: UUID,
     principal: SubscriberPrincipal,
     zd: ZD,
-    session: DbSession,
 ) -> Response:
-    content = await domain.open_attachment(
-        session, zd, principal, str(submissionId), str(attachmentId)
-    )
+    content = await domain.open_attachment(zd, principal, str(submissionId), str(attachmentId))
     try:
         size = await zd.blobs.size(content.blob_key)
     except BlobNotFoundError:

@@ -9,16 +9,38 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select
+from sqlalchemy import Integer, bindparam, func, select
 
 from fitconnect_kit.protocol.problems import ApiProblems
 from fitconnect_kit.server.domain.eventlog import read_event_log
 from fitconnect_kit.server.problems import ApiError
-from fitconnect_kit.server.storage.models import Case, Submission
+from fitconnect_kit.server.storage.models import CASES, EVENTS, SUBMISSIONS
 
 if TYPE_CHECKING:
     from fitconnect_kit.server.auth import Principal
     from fitconnect_kit.server.storage.db import Database
+
+_CASE_READERS = select(CASES.c.destination_id, CASES.c.sender_client_id).where(
+    CASES.c.case_id == bindparam("case_id")
+)
+#: Who may read the case and one page of its log (with the total) in one statement; the case
+#: row comes with every event (a case without events: one row, ``token`` NULL).
+_CASE_READERS_AND_PAGE = (
+    select(
+        CASES.c.destination_id,
+        CASES.c.sender_client_id,
+        EVENTS.c.token,
+        func.count(EVENTS.c.seq).over().label("total"),
+    )
+    .select_from(CASES.outerjoin(EVENTS, EVENTS.c.case_id == CASES.c.case_id))
+    .where(CASES.c.case_id == bindparam("case_id"))
+    .order_by(EVENTS.c.seq)
+    .offset(bindparam("offset", type_=Integer))
+    .limit(bindparam("limit", type_=Integer))
+)
+_SUBMISSION_READERS = select(SUBMISSIONS.c.destination_id, SUBMISSIONS.c.sender_client_id).where(
+    SUBMISSIONS.c.submission_id == bindparam("submission_id")
+)
 
 
 def may_read_log(
@@ -34,16 +56,32 @@ async def case_event_log(
     database: Database, principal: Principal, case_id: str, *, offset: int, limit: int
 ) -> tuple[list[str], int]:
     """SETs of a case in log order (one page) and the total count (read-only connection)."""
+    if offset < 0 or limit < 0:
+        raise ValueError("offset and limit must not be negative")
+    not_found = ApiError(ApiProblems.CASE_NOT_FOUND, f"case {case_id} not found")
     async with database.read_connection() as connection:
-        case = (
+        rows = (
             await connection.execute(
-                select(Case.destination_id, Case.sender_client_id).where(Case.case_id == case_id)
+                _CASE_READERS_AND_PAGE, {"case_id": case_id, "offset": offset, "limit": limit}
             )
-        ).first()
+        ).all()
+        if rows:
+            first = rows[0]
+            if not may_read_log(
+                principal,
+                destination_id=first.destination_id,
+                sender_client_id=first.sender_client_id,
+            ):
+                raise not_found
+            if first.token is None:  # the case has no events (yet)
+                return [], 0
+            return [row.token for row in rows], int(first.total)
+        # No row: an unknown case, or a page past the end of the log.
+        case = (await connection.execute(_CASE_READERS, {"case_id": case_id})).first()
         if case is None or not may_read_log(
             principal, destination_id=case.destination_id, sender_client_id=case.sender_client_id
         ):
-            raise ApiError(ApiProblems.CASE_NOT_FOUND, f"case {case_id} not found")
+            raise not_found
         return await read_event_log(connection, case_id=case_id, offset=offset, limit=limit)
 
 
@@ -53,11 +91,7 @@ async def submission_event_log(
     """SETs of one submission in log order (one page) and the total count (read-only)."""
     async with database.read_connection() as connection:
         submission = (
-            await connection.execute(
-                select(Submission.destination_id, Submission.sender_client_id).where(
-                    Submission.submission_id == submission_id
-                )
-            )
+            await connection.execute(_SUBMISSION_READERS, {"submission_id": submission_id})
         ).first()
         if submission is None or not may_read_log(
             principal,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import CursorResult, select, update
+from sqlalchemy import CursorResult, and_, bindparam, exists, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fitconnect_kit.protocol.errors import FitConnectError
@@ -37,8 +37,14 @@ from fitconnect_kit.server.compat import DECIDABLE_STATUSES
 from fitconnect_kit.server.domain.eventlog import DuplicateEventError, append_posted_event
 from fitconnect_kit.server.domain.outbox import enqueue_new_events
 from fitconnect_kit.server.problems import ApiError
-from fitconnect_kit.server.storage.models import Case, DestinationKey, Submission, SubmissionStatus
-from fitconnect_kit.server.storage.models import Event as EventRow
+from fitconnect_kit.server.storage.models import (
+    CASES,
+    DESTINATION_KEYS,
+    EVENTS,
+    SUBMISSIONS,
+    SubmissionStatus,
+    UtcDateTime,
+)
 
 if TYPE_CHECKING:
     from fitconnect_kit.server.auth import Principal
@@ -71,72 +77,129 @@ def parse_posted_set(body: bytes) -> tuple[str, SecurityEventToken]:
     return token, st
 
 
+#: Everything the checks of a posted SET need, in one statement: the case (its destination),
+#: the submission named in ``sub`` if it belongs to that case, the destination key named by
+#: ``kid``, and whether the ``jti`` is in the log already.
+_POSTED_EVENT_CONTEXT = (
+    select(
+        CASES.c.destination_id.label("case_destination_id"),
+        SUBMISSIONS.c.submission_id,
+        SUBMISSIONS.c.case_id,
+        SUBMISSIONS.c.destination_id,
+        SUBMISSIONS.c.sender_callback_url,
+        SUBMISSIONS.c.sender_callback_secret,
+        DESTINATION_KEYS.c.purpose.label("key_purpose"),
+        DESTINATION_KEYS.c.jwk.label("key_jwk"),
+        exists().where(EVENTS.c.jti == bindparam("jti")).label("replayed"),
+    )
+    .select_from(
+        CASES.outerjoin(
+            SUBMISSIONS,
+            and_(
+                SUBMISSIONS.c.submission_id == bindparam("submission_id"),
+                SUBMISSIONS.c.case_id == CASES.c.case_id,
+            ),
+        ).outerjoin(
+            DESTINATION_KEYS,
+            and_(
+                DESTINATION_KEYS.c.destination_id == SUBMISSIONS.c.destination_id,
+                DESTINATION_KEYS.c.kid == bindparam("kid"),
+            ),
+        )
+    )
+    .where(CASES.c.case_id == bindparam("case_id"))
+)
+
+
+def _decide(*, decided: bool) -> Any:
+    """``UPDATE … WHERE status IN (decidable)``: two concurrent decisions cannot both win."""
+    values: dict[str, Any] = {
+        "status": bindparam("new_status"),
+        "updated_at": bindparam("now", type_=UtcDateTime()),
+    }
+    if decided:
+        values["decided_at"] = bindparam("now", type_=UtcDateTime())
+    return (
+        update(SUBMISSIONS)
+        .where(
+            SUBMISSIONS.c.submission_id == bindparam("match_submission_id"),
+            SUBMISSIONS.c.status.in_(DECIDABLE_STATUSES),
+        )
+        .values(**values)
+    )
+
+
+_DECIDE = _decide(decided=True)
+_FORWARD = _decide(decided=False)
+_CURRENT_STATUS = select(SUBMISSIONS.c.status).where(
+    SUBMISSIONS.c.submission_id == bindparam("submission_id")
+)
+
+
 async def record_posted_event(
     session: AsyncSession, zd: ZdState, principal: Principal, case_id: str, body: bytes
 ) -> SecurityEventToken:
     """Check and store a receiver's SET and apply its status change; returns the parsed SET."""
     token, st = parse_posted_set(body)
 
-    case = await session.get(Case, case_id)
-    if case is None or case.destination_id not in principal.linked_destination_ids:
+    context = (
+        await session.execute(
+            _POSTED_EVENT_CONTEXT,
+            {
+                "case_id": case_id,
+                "submission_id": st.submission_id,
+                "kid": st.kid,
+                "jti": st.jti,
+            },
+        )
+    ).first()
+    if context is None or context.case_destination_id not in principal.linked_destination_ids:
         raise ApiError(ApiProblems.CASE_NOT_FOUND, f"case {case_id} not found")
     if st.case_id != case_id:
         raise _invalid(f"txn {st.txn!r} does not name the case of the request path ({case_id})")
     assert st.submission_id is not None  # receiver events are submission events
-    submission = await session.get(Submission, st.submission_id)
-    if submission is None or submission.case_id != case_id:
+    if context.submission_id is None:  # unknown, or of another case
         raise _invalid(f"sub {st.subject!r} names no submission of case {case_id}")
+    destination_id = context.destination_id
     issuer = parse_uuid(st.issuer)
-    if issuer != submission.destination_id:
+    if issuer != destination_id:
         raise _invalid(
-            f"iss must be the destination of the submission ({submission.destination_id}), "
-            f"got {st.issuer!r}"
+            f"iss must be the destination of the submission ({destination_id}), got {st.issuer!r}"
         )
-    key = await session.get(DestinationKey, (submission.destination_id, st.kid))
-    if key is None or key.purpose != KeyPurpose.SIGNATURE.value:
-        raise _invalid(
-            f"destination {submission.destination_id} has no signature key with kid {st.kid!r}"
-        )
+    if context.key_jwk is None or context.key_purpose != KeyPurpose.SIGNATURE.value:
+        raise _invalid(f"destination {destination_id} has no signature key with kid {st.kid!r}")
     try:
         verify_set(
             token,
-            key.jwk,
+            context.key_jwk,
             expected_subject=st.subject,
             expected_case_id=case_id,
-            expected_issuer=submission.destination_id,
+            expected_issuer=destination_id,
         )
     except FitConnectError as exc:
         raise _invalid(f"the SET's signature does not verify: {exc}") from None
 
-    replayed = await session.scalar(select(EventRow.seq).where(EventRow.jti == st.jti))
-    if replayed is not None:
+    if context.replayed:
         raise ApiError(
             ApiProblems.DUPLICATE_EVENT, f"an event with jti {st.jti} is already in the log"
         )
 
+    submission_id = st.submission_id
     new_status = NEW_STATUS[st.event]
-    now = zd.clock.now()
-    values: dict[str, Any] = {"status": new_status.value, "updated_at": now}
-    if new_status is not SubmissionStatus.FORWARDED:
-        values["decided_at"] = now
     result = cast(
         CursorResult[Any],
         await session.execute(
-            update(Submission)
-            .where(
-                Submission.submission_id == submission.submission_id,
-                Submission.status.in_(DECIDABLE_STATUSES),
-            )
-            .values(**values)
-            .execution_options(synchronize_session=False)
+            _FORWARD if new_status is SubmissionStatus.FORWARDED else _DECIDE,
+            {
+                "match_submission_id": submission_id,
+                "new_status": new_status.value,
+                "now": zd.clock.now(),
+            },
         ),
     )
     if result.rowcount != 1:
-        submission_id = submission.submission_id
         await session.rollback()
-        current = await session.scalar(
-            select(Submission.status).where(Submission.submission_id == submission_id)
-        )
+        current = await session.scalar(_CURRENT_STATUS, {"submission_id": submission_id})
         await session.rollback()
         raise ApiError(
             ApiProblems.SUBMISSION_STATE_INVALID,
@@ -146,13 +209,13 @@ async def record_posted_event(
         )
     try:
         await append_posted_event(
-            session, zd, case_id=case_id, submission_id=submission.submission_id, token=st
+            session, zd, case_id=case_id, submission_id=submission_id, token=st
         )
     except DuplicateEventError:
         await session.rollback()
         raise ApiError(
             ApiProblems.DUPLICATE_EVENT, f"an event with jti {st.jti} is already in the log"
         ) from None
-    await enqueue_new_events(session, zd, submission, to_sender=True)
+    await enqueue_new_events(session, zd, context, to_sender=True)
     await session.commit()
     return st

@@ -10,7 +10,8 @@
 * :func:`read_event_log` — the tokens of a case or a submission in log order, paged.
 
 Every append runs in the caller's session and transaction (nothing is committed here) and bumps
-``cases.last_event_at`` (the 730-day retention counts from there). Log order is ``events.seq``.
+``cases.last_event_at`` (the 730-day retention counts from there; on PostgreSQL in the insert's
+own statement). Log order is ``events.seq``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import Integer, and_, bindparam, exists, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
@@ -34,8 +35,7 @@ from fitconnect_kit.protocol.events import (
     reply_subject,
     submission_subject,
 )
-from fitconnect_kit.server.storage.models import Case
-from fitconnect_kit.server.storage.models import Event as EventRow
+from fitconnect_kit.server.storage.models import CASES, EVENTS, UtcDateTime
 
 if TYPE_CHECKING:
     from fitconnect_kit.server.state import ZdState
@@ -62,26 +62,79 @@ class EventRecord:
     dedup_key: str | None
 
 
-def _insert_statement(
-    session: AsyncSession, values: Mapping[str, Any], conflict_column: str
-) -> Any:
-    """``INSERT … ON CONFLICT (<column>) DO NOTHING RETURNING seq`` for the session's dialect."""
+# Built once: a reused statement keeps its cache key, so executing it skips the key generation.
+_INSERT = insert(EVENTS).returning(EVENTS.c.seq)
+_INSERT_UNLESS_PRESENT = {
+    # ``INSERT … ON CONFLICT (<column>) DO NOTHING RETURNING seq`` per dialect and column.
+    (module.dialect.name, column): module.insert(EVENTS)
+    .on_conflict_do_nothing(index_elements=[column])
+    .returning(EVENTS.c.seq)
+    for module in (postgresql, sqlite)
+    for column in ("dedup_key", "jti")
+}
+_BUMP_CASE = (
+    update(CASES)
+    .where(
+        CASES.c.case_id == bindparam("bump_case_id"),
+        CASES.c.last_event_at < bindparam("bump_to", type_=UtcDateTime()),
+    )
+    .values(last_event_at=bindparam("bump_to", type_=UtcDateTime()))
+)
+
+
+_EVENT_COLUMNS = [column.name for column in EVENTS.c if column.name != "seq"]
+
+
+def _insert_and_bump_on_postgres(conflict_column: str | None) -> Any:
+    """PostgreSQL: the insert and the ``cases.last_event_at`` bump as one statement (two
+    data-modifying CTEs); the bump only when a row was inserted. The values are bound as
+    ``new_<column>`` (a column name would also be SET by the UPDATE)."""
+    statement = postgresql.insert(EVENTS).values(
+        {name: bindparam(f"new_{name}", type_=EVENTS.c[name].type) for name in _EVENT_COLUMNS}
+    )
+    if conflict_column is not None:
+        statement = statement.on_conflict_do_nothing(index_elements=[conflict_column])
+    inserted = statement.returning(EVENTS.c.seq).cte("inserted")
+    bumped = _BUMP_CASE.where(exists(select(inserted.c.seq))).cte("bumped")
+    return select(inserted.c.seq).add_cte(bumped)
+
+
+_INSERT_AND_BUMP_ON_POSTGRES = {
+    column: _insert_and_bump_on_postgres(column) for column in (None, "dedup_key", "jti")
+}
+
+
+async def _insert_event(
+    session: AsyncSession,
+    values: Mapping[str, Any],
+    *,
+    conflict_column: str | None,
+    bump_case: bool = True,
+) -> int | None:
+    """Insert an event row (``ON CONFLICT (<conflict_column>) DO NOTHING`` if given) and bump
+    its case's ``last_event_at`` to ``recorded_at``; the new ``seq``, or ``None`` on conflict
+    (nothing bumped then)."""
     dialect = session.get_bind().dialect.name
-    module: Any = postgresql if dialect == "postgresql" else sqlite
-    if dialect not in ("postgresql", "sqlite"):  # pragma: no cover - Database refuses others
-        raise RuntimeError(f"unsupported database dialect {dialect!r}")
-    statement = module.insert(EventRow).values(**values)
-    return statement.on_conflict_do_nothing(index_elements=[conflict_column]).returning(
-        EventRow.seq
-    )
-
-
-async def _bump_case(session: AsyncSession, case_id: str, moment: datetime) -> None:
-    await session.execute(
-        update(Case)
-        .where(Case.case_id == case_id, Case.last_event_at < moment)
-        .values(last_event_at=moment)
-    )
+    case_id, moment = values["case_id"], values["recorded_at"]
+    if bump_case and dialect == "postgresql":
+        parameters = {f"new_{name}": value for name, value in values.items()}
+        parameters.update(bump_case_id=case_id, bump_to=moment)
+        statement = _INSERT_AND_BUMP_ON_POSTGRES[conflict_column]
+        seq = (await session.execute(statement, parameters)).scalar_one_or_none()
+        return None if seq is None else int(seq)
+    if conflict_column is None:
+        statement = _INSERT
+    else:
+        try:
+            statement = _INSERT_UNLESS_PRESENT[(dialect, conflict_column)]
+        except KeyError:  # pragma: no cover - Database refuses other dialects
+            raise RuntimeError(f"unsupported database dialect {dialect!r}") from None
+    seq = (await session.execute(statement, values)).scalar_one_or_none()
+    if seq is None:
+        return None
+    if bump_case:
+        await session.execute(_BUMP_CASE, {"bump_case_id": case_id, "bump_to": moment})
+    return int(seq)
 
 
 async def append_zd_event(
@@ -94,6 +147,8 @@ async def append_zd_event(
     payload: Mapping[str, Any] | None = None,
     dedup_key: str | None = None,
     reply_id: str | None = None,
+    recorded_at: datetime | None = None,
+    bump_case: bool = True,
 ) -> EventRecord | None:
     """Sign and append a ZD-issued event; ``None`` when ``dedup_key`` is already in the log.
 
@@ -102,6 +157,10 @@ async def append_zd_event(
     ``iat`` from ``zd.clock``; ``payload`` may hold ``AuthenticationTags``/``Problem`` objects.
     Raises :class:`~fitconnect_kit.protocol.errors.SetError` for a payload the event forbids.
     The insert happens in the caller's transaction; commit it to make the event visible.
+
+    ``recorded_at`` defaults to now. ``bump_case=False`` skips the ``cases.last_event_at``
+    update: only for a case the caller inserted in this transaction with ``last_event_at`` =
+    ``recorded_at`` (the update could not change anything).
     """
     if submission_id is not None:
         subject = submission_subject(submission_id)
@@ -109,7 +168,7 @@ async def append_zd_event(
         subject = reply_subject(reply_id)
     else:
         raise ValueError("an event needs a submission_id or a reply_id")
-    now = zd.clock.now()
+    now = recorded_at if recorded_at is not None else zd.clock.now()
     claims = build_set_claims(
         event,
         issuer=zd.config.base_url,
@@ -134,17 +193,17 @@ async def append_zd_event(
         "recorded_at": now,
         "dedup_key": dedup_key,
     }
-    if dedup_key is None:
-        # jti is a fresh UUID: a conflict is impossible, a plain insert is enough.
-        statement: Any = insert(EventRow).values(**values).returning(EventRow.seq)
-    else:
-        statement = _insert_statement(session, values, "dedup_key")
-    seq = (await session.execute(statement)).scalar_one_or_none()
+    # Without a dedup_key the jti (a fresh UUID) cannot conflict: a plain insert is enough.
+    seq = await _insert_event(
+        session,
+        values,
+        conflict_column=None if dedup_key is None else "dedup_key",
+        bump_case=bump_case,
+    )
     if seq is None:
         return None
-    await _bump_case(session, case_id, now)
     return EventRecord(
-        seq=int(seq),
+        seq=seq,
         case_id=case_id,
         submission_id=values["submission_id"],
         reply_id=values["reply_id"],
@@ -185,12 +244,11 @@ async def append_posted_event(
         "recorded_at": now,
         "dedup_key": None,
     }
-    seq = (await session.execute(_insert_statement(session, values, "jti"))).scalar_one_or_none()
+    seq = await _insert_event(session, values, conflict_column="jti")
     if seq is None:
         raise DuplicateEventError(f"an event with jti {token.jti} is already in the log")
-    await _bump_case(session, case_id, now)
     return EventRecord(
-        seq=int(seq),
+        seq=seq,
         case_id=case_id,
         submission_id=submission_id,
         reply_id=token.reply_id,
@@ -202,6 +260,37 @@ async def append_posted_event(
         recorded_at=now,
         dedup_key=None,
     )
+
+
+def _log_statements(condition: Any) -> tuple[Any, Any]:
+    """(page with the total as a window count, total alone) of the events matching."""
+    page = (
+        select(EVENTS.c.token, func.count().over().label("total"))
+        .where(condition)
+        .order_by(EVENTS.c.seq)
+        .offset(bindparam("offset", type_=Integer))
+        .limit(bindparam("limit", type_=Integer))
+    )
+    return page, select(func.count()).select_from(EVENTS).where(condition)
+
+
+_CASE_LOG = _log_statements(EVENTS.c.case_id == bindparam("case_id"))
+_SUBMISSION_LOG = _log_statements(EVENTS.c.submission_id == bindparam("submission_id"))
+_CASE_SUBMISSION_LOG = _log_statements(
+    and_(
+        EVENTS.c.case_id == bindparam("case_id"),
+        EVENTS.c.submission_id == bindparam("submission_id"),
+    )
+)
+_ZD_EVENTS_OF = (
+    select(EVENTS.c.token)
+    .where(
+        EVENTS.c.submission_id == bindparam("submission_id"),
+        EVENTS.c.event_uri == bindparam("event_uri"),
+        EVENTS.c.issuer == bindparam("issuer"),
+    )
+    .order_by(EVENTS.c.seq)
+)
 
 
 async def read_event_log(
@@ -217,27 +306,21 @@ async def read_event_log(
     One statement (the total as a window count next to each token); only a page past the end
     needs a second one for the total.
     """
-    if case_id is None and submission_id is None:
-        raise ValueError("read_event_log needs a case_id or a submission_id")
     if offset < 0 or limit < 0:
         raise ValueError("offset and limit must not be negative")
-    conditions = []
-    if case_id is not None:
-        conditions.append(EventRow.case_id == case_id)
-    if submission_id is not None:
-        conditions.append(EventRow.submission_id == submission_id)
-    rows = (
-        await session.execute(
-            select(EventRow.token, func.count().over().label("total"))
-            .where(*conditions)
-            .order_by(EventRow.seq)
-            .offset(offset)
-            .limit(limit)
-        )
-    ).all()
+    if case_id is not None and submission_id is not None:
+        page, count = _CASE_SUBMISSION_LOG
+    elif case_id is not None:
+        page, count = _CASE_LOG
+    elif submission_id is not None:
+        page, count = _SUBMISSION_LOG
+    else:
+        raise ValueError("read_event_log needs a case_id or a submission_id")
+    params = {"case_id": case_id, "submission_id": submission_id}
+    rows = (await session.execute(page, {**params, "offset": offset, "limit": limit})).all()
     if rows:
         return [row.token for row in rows], int(rows[0].total)
-    total = await session.scalar(select(func.count()).select_from(EventRow).where(*conditions))
+    total = await session.scalar(count, params)
     return [], int(total or 0)
 
 
@@ -246,12 +329,11 @@ async def zd_events_of(
 ) -> list[SecurityEventToken]:
     """The ZD's own SETs of one type for a submission, parsed (our signature is not re-checked)."""
     tokens = await session.scalars(
-        select(EventRow.token)
-        .where(
-            EventRow.submission_id == submission_id,
-            EventRow.event_uri == Event(event).value,
-            EventRow.issuer == zd.config.base_url,
-        )
-        .order_by(EventRow.seq)
+        _ZD_EVENTS_OF,
+        {
+            "submission_id": submission_id,
+            "event_uri": Event(event).value,
+            "issuer": zd.config.base_url,
+        },
     )
     return [parse_set(token) for token in tokens]

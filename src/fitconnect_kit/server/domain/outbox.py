@@ -27,19 +27,28 @@ accept, reject, ZD reject and delete; ZD-issued reject/delete also to the destin
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
+from sqlalchemy import (
+    CursorResult,
+    Integer,
+    LargeBinary,
+    String,
+    bindparam,
+    insert,
+    literal,
+    select,
+)
 from sqlalchemy import event as sa_event
-from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from fitconnect_kit.protocol.callbacks import new_events_body, new_submissions_body
 from fitconnect_kit.server.storage.models import (
-    CallbackDelivery,
+    CALLBACK_DELIVERIES,
+    DESTINATIONS,
     DeliveryStatus,
-    Destination,
-    Submission,
+    UtcDateTime,
 )
 
 if TYPE_CHECKING:
@@ -58,7 +67,26 @@ class CallbackKind(enum.StrEnum):
     NEW_REPLIES = "new-replies"
 
 
-def _summary(submission: Submission) -> dict[str, str]:
+class SubmissionRef(Protocol):
+    """What the outbox needs of a submission: an ORM ``Submission`` or a Core row will do."""
+
+    @property
+    def submission_id(self) -> str: ...
+
+    @property
+    def case_id(self) -> str: ...
+
+    @property
+    def destination_id(self) -> str: ...
+
+    @property
+    def sender_callback_url(self) -> str | None: ...
+
+    @property
+    def sender_callback_secret(self) -> str | None: ...
+
+
+def _summary(submission: SubmissionRef) -> dict[str, str]:
     return {
         "destinationId": submission.destination_id,
         "submissionId": submission.submission_id,
@@ -86,51 +114,103 @@ def wake_after_commit(session: AsyncSession, zd: ZdState) -> None:
     sync_session.info[_WAKE_KEY] = zd
 
 
-async def _enqueue(
+_INSERT_DELIVERY = insert(CALLBACK_DELIVERIES)
+#: Enqueue to a destination's callback in one statement: ``INSERT … SELECT`` from the
+#: destination row inserts nothing when it has no callback (URL and secret both needed).
+#: (Bound values are named ``new_*``: SQLAlchemy would take column names as more columns.)
+_INSERT_DELIVERY_TO_DESTINATION = insert(CALLBACK_DELIVERIES).from_select(
+    [
+        "kind",
+        "target_url",
+        "destination_id",
+        "submission_id",
+        "payload",
+        "attempts",
+        "next_attempt_at",
+        "status",
+        "created_at",
+    ],
+    select(
+        bindparam("new_kind", type_=String),
+        DESTINATIONS.c.callback_url,
+        DESTINATIONS.c.destination_id,
+        bindparam("new_submission_id", type_=String),
+        bindparam("new_payload", type_=LargeBinary),
+        literal(0, Integer),
+        bindparam("new_now", type_=UtcDateTime()),
+        literal(DeliveryStatus.PENDING.value, String),
+        bindparam("new_now", type_=UtcDateTime()),
+    ).where(
+        DESTINATIONS.c.destination_id == bindparam("new_destination_id"),
+        # ``!= ''`` is never true for NULL either: both must be set and non-empty.
+        DESTINATIONS.c.callback_url != "",
+        DESTINATIONS.c.callback_secret != "",
+    ),
+)
+
+
+async def _enqueue_to_sender(
     session: AsyncSession,
     zd: ZdState,
     *,
     kind: CallbackKind,
     url: str,
     body: bytes,
-    destination_id: str | None,
     submission_id: str,
 ) -> None:
     now = zd.clock.now()
-    values: dict[str, Any] = {
-        "kind": kind.value,
-        "target_url": url,
-        "destination_id": destination_id,
-        "submission_id": submission_id,
-        "payload": body,
-        "attempts": 0,
-        "next_attempt_at": now,
-        "status": DeliveryStatus.PENDING.value,
-        "created_at": now,
-    }
-    await session.execute(insert(CallbackDelivery).values(**values))
+    await session.execute(
+        _INSERT_DELIVERY,
+        {
+            "kind": kind.value,
+            "target_url": url,
+            "destination_id": None,
+            "submission_id": submission_id,
+            "payload": body,
+            "attempts": 0,
+            "next_attempt_at": now,
+            "status": DeliveryStatus.PENDING.value,
+            "created_at": now,
+        },
+    )
     wake_after_commit(session, zd)
 
 
-async def _destination_callback(session: AsyncSession, destination_id: str) -> str | None:
-    destination = await session.get(Destination, destination_id)
-    if destination is None or not destination.callback_url or not destination.callback_secret:
-        return None
-    return destination.callback_url
+async def _enqueue_to_destination(
+    session: AsyncSession,
+    zd: ZdState,
+    *,
+    kind: CallbackKind,
+    body: bytes,
+    destination_id: str,
+    submission_id: str,
+) -> None:
+    """A callback to the destination's callback URL, if it has one (and a secret)."""
+    result = cast(
+        CursorResult[Any],
+        await session.execute(
+            _INSERT_DELIVERY_TO_DESTINATION,
+            {
+                "new_kind": kind.value,
+                "new_submission_id": submission_id,
+                "new_payload": body,
+                "new_now": zd.clock.now(),
+                "new_destination_id": destination_id,
+            },
+        ),
+    )
+    if result.rowcount:
+        wake_after_commit(session, zd)
 
 
 async def enqueue_new_submissions(
-    session: AsyncSession, zd: ZdState, submission: Submission
+    session: AsyncSession, zd: ZdState, submission: SubmissionRef
 ) -> None:
     """NEW_SUBMISSIONS about ``submission`` to its destination's callback (if configured)."""
-    url = await _destination_callback(session, submission.destination_id)
-    if url is None:
-        return
-    await _enqueue(
+    await _enqueue_to_destination(
         session,
         zd,
         kind=CallbackKind.NEW_SUBMISSIONS,
-        url=url,
         body=new_submissions_body([_summary(submission)]),
         destination_id=submission.destination_id,
         submission_id=submission.submission_id,
@@ -140,7 +220,7 @@ async def enqueue_new_submissions(
 async def enqueue_new_events(
     session: AsyncSession,
     zd: ZdState,
-    submission: Submission,
+    submission: SubmissionRef,
     *,
     to_sender: bool = True,
     to_destination: bool = False,
@@ -149,24 +229,20 @@ async def enqueue_new_events(
     destination's callback — each only if configured (URL and secret present)."""
     body = new_events_body([_summary(submission)])
     if to_sender and submission.sender_callback_url and submission.sender_callback_secret:
-        await _enqueue(
+        await _enqueue_to_sender(
             session,
             zd,
             kind=CallbackKind.NEW_EVENTS,
             url=submission.sender_callback_url,
             body=body,
-            destination_id=None,
             submission_id=submission.submission_id,
         )
     if to_destination:
-        url = await _destination_callback(session, submission.destination_id)
-        if url is not None:
-            await _enqueue(
-                session,
-                zd,
-                kind=CallbackKind.NEW_EVENTS,
-                url=url,
-                body=body,
-                destination_id=submission.destination_id,
-                submission_id=submission.submission_id,
-            )
+        await _enqueue_to_destination(
+            session,
+            zd,
+            kind=CallbackKind.NEW_EVENTS,
+            body=body,
+            destination_id=submission.destination_id,
+            submission_id=submission.submission_id,
+        )

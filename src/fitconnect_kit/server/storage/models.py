@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
@@ -26,6 +26,7 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     String,
+    Table,
     Text,
     TypeDecorator,
     UniqueConstraint,
@@ -381,3 +382,18 @@ class BlobChunk(Base):
     blob_key: Mapped[str] = mapped_column(String(255), primary_key=True)
     seq: Mapped[int] = mapped_column(Integer, primary_key=True)
     data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+# --- Core tables of the hot paths ----------------------------------------------------------------
+#
+# The request handlers and workers of a submission's round trip work on these with SQLAlchemy
+# Core (statements built once at module level, plain rows back): no identity map, no unit of
+# work, no ORM compile step — a fraction of the ORM's CPU per statement.
+
+CASES = cast(Table, Case.__table__)
+SUBMISSIONS = cast(Table, Submission.__table__)
+ATTACHMENTS = cast(Table, Attachment.__table__)
+EVENTS = cast(Table, Event.__table__)
+DESTINATIONS = cast(Table, Destination.__table__)
+DESTINATION_KEYS = cast(Table, DestinationKey.__table__)
+CALLBACK_DELIVERIES = cast(Table, CallbackDelivery.__table__)

@@ -6,8 +6,10 @@ One pass (:func:`run_callbacks_pass`):
    (``locked_until = now + callbacks.lock_seconds``, ``locked_by = node_id``) in one short
    transaction — on PostgreSQL the candidates are selected ``FOR UPDATE SKIP LOCKED``; the
    conditional ``UPDATE … WHERE locked_until IS NULL OR locked_until < now`` (under the write
-   lock that SQLite's ``BEGIN IMMEDIATE`` takes) sets the lease. Several nodes never claim the
-   same row; a crashed node's lease expires;
+   lock that SQLite's ``BEGIN IMMEDIATE`` takes) sets the lease. On SQLite the candidates are
+   read before, without the write lock (an idle pass takes none); a node that finds them all
+   claimed by another meanwhile looks again. Several nodes never claim the same row; a crashed
+   node's lease expires;
 2. **send** them concurrently (at most ``callbacks.max_concurrency`` at once): ``POST`` of the
    stored body bytes with ``Content-Type: application/json``, ``callback-timestamp`` and
    ``callback-authentication`` computed now with ``zd.clock``; the whole request is bounded by
@@ -45,15 +47,15 @@ import contextlib
 import ipaddress
 import logging
 import random
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import httpx
-from sqlalchemy import or_, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import ColumnElement, Integer, Row, bindparam, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from fitconnect_kit import __version__
 from fitconnect_kit.protocol.callbacks import sign_callback
@@ -68,11 +70,12 @@ from fitconnect_kit.server.config import CallbackConfig
 from fitconnect_kit.server.domain.eventlog import append_zd_event
 from fitconnect_kit.server.domain.outbox import CallbackKind, enqueue_new_events
 from fitconnect_kit.server.storage.models import (
-    CallbackDelivery,
+    CALLBACK_DELIVERIES,
+    DESTINATIONS,
+    SUBMISSIONS,
     DeliveryStatus,
-    Destination,
-    Submission,
     SubmissionStatus,
+    UtcDateTime,
 )
 
 if TYPE_CHECKING:
@@ -165,12 +168,64 @@ class _Job:
             return "?"
 
 
-def _due_conditions(now: datetime) -> list[Any]:
+_D = CALLBACK_DELIVERIES.c
+
+
+def _due_conditions() -> list[ColumnElement[bool]]:
+    now = bindparam("now", type_=UtcDateTime())
     return [
-        CallbackDelivery.status == DeliveryStatus.PENDING.value,
-        CallbackDelivery.next_attempt_at <= now,
-        or_(CallbackDelivery.locked_until.is_(None), CallbackDelivery.locked_until < now),
+        _D.status == DeliveryStatus.PENDING.value,
+        _D.next_attempt_at <= now,
+        or_(_D.locked_until.is_(None), _D.locked_until < now),
     ]
+
+
+def _candidates(*, lock: bool) -> Any:
+    """Due deliveries (``limit``, oldest first) with the secrets that sign them (read when
+    claimed, as ever). ``lock``: ``FOR UPDATE SKIP LOCKED`` of the delivery rows (PostgreSQL)."""
+    statement = (
+        select(
+            _D.id,
+            DESTINATIONS.c.callback_secret.label("destination_secret"),
+            SUBMISSIONS.c.sender_callback_secret.label("sender_secret"),
+        )
+        .select_from(
+            CALLBACK_DELIVERIES.outerjoin(
+                DESTINATIONS, DESTINATIONS.c.destination_id == _D.destination_id
+            ).outerjoin(SUBMISSIONS, SUBMISSIONS.c.submission_id == _D.submission_id)
+        )
+        .where(*_due_conditions())
+        .order_by(_D.next_attempt_at, _D.id)
+        .limit(bindparam("limit", type_=Integer))
+    )
+    if lock:
+        statement = statement.with_for_update(skip_locked=True, of=CALLBACK_DELIVERIES)
+    return statement
+
+
+_CANDIDATES = _candidates(lock=False)
+_CANDIDATES_LOCKED = _candidates(lock=True)
+#: The lease, only on rows that are still due (the check that counts on SQLite, where the
+#: candidates are read without the write lock).
+_CLAIM = (
+    update(CALLBACK_DELIVERIES)
+    .where(_D.id.in_(bindparam("ids", expanding=True)), *_due_conditions())
+    .values(
+        locked_until=bindparam("lease", type_=UtcDateTime()),
+        locked_by=bindparam("node_id"),
+    )
+    .returning(
+        _D.id,
+        _D.kind,
+        _D.target_url,
+        _D.destination_id,
+        _D.submission_id,
+        _D.payload,
+        _D.attempts,
+        _D.next_attempt_at,
+        _D.created_at,
+    )
+)
 
 
 async def claim_due(zd: ZdState, limit: int) -> list[_Job]:
@@ -179,60 +234,63 @@ async def claim_due(zd: ZdState, limit: int) -> list[_Job]:
         return []
     now = zd.clock.now()
     lease = now + timedelta(seconds=zd.config.callbacks.lock_seconds)
-    candidates = (
-        select(CallbackDelivery.id)
-        .where(*_due_conditions(now))
-        .order_by(CallbackDelivery.next_attempt_at, CallbackDelivery.id)
-        .limit(limit)
+    database = zd.database
+    params = {"now": now, "limit": limit}
+    if database.is_postgres:
+        async with database.engine.begin() as connection:
+            # Two statements on purpose: PostgreSQL may evaluate a ``LIMIT … FOR UPDATE SKIP
+            # LOCKED`` subquery inside ``UPDATE … WHERE id IN (…)`` more than once and so claim
+            # more than ``limit`` rows. The ids selected here are locked until the commit.
+            candidates = (await connection.execute(_CANDIDATES_LOCKED, params)).all()
+            if not candidates:
+                return []
+            claimed = await _claim(connection, zd, candidates, now, lease)
+    else:
+        # SQLite: look without the write lock first (an idle pass takes no lock at all); the
+        # conditional UPDATE under BEGIN IMMEDIATE decides which rows are still due. Another
+        # node may have claimed them all meanwhile: then look again (it made progress).
+        while True:
+            async with database.read_connection() as connection:
+                candidates = (await connection.execute(_CANDIDATES, params)).all()
+            if not candidates:
+                return []
+            async with database.engine.begin() as connection:
+                claimed = await _claim(connection, zd, candidates, now, lease)
+            if claimed:
+                break
+    secrets = {row.id: row for row in candidates}
+    jobs = []
+    for delivery in sorted(claimed, key=lambda row: (row.next_attempt_at, row.id)):
+        to_destination = delivery.destination_id is not None
+        candidate = secrets[delivery.id]
+        jobs.append(
+            _Job(
+                id=delivery.id,
+                kind=delivery.kind,
+                url=delivery.target_url,
+                body=bytes(delivery.payload),
+                secret=candidate.destination_secret if to_destination else candidate.sender_secret,
+                to_destination=to_destination,
+                submission_id=delivery.submission_id,
+                attempts=delivery.attempts,
+                created_at=delivery.created_at,
+            )
+        )
+    return jobs
+
+
+async def _claim(
+    connection: AsyncConnection,
+    zd: ZdState,
+    candidates: Sequence[Row[Any]],
+    now: datetime,
+    lease: datetime,
+) -> Sequence[Row[Any]]:
+    result = await connection.execute(
+        _CLAIM,
+        {"ids": [row.id for row in candidates], "now": now, "lease": lease, "node_id": zd.node_id},
     )
-    if zd.database.is_postgres:
-        candidates = candidates.with_for_update(skip_locked=True)
-    async with zd.sessions() as session, session.begin():
-        # Two statements on purpose: PostgreSQL may evaluate a ``LIMIT … FOR UPDATE SKIP
-        # LOCKED`` subquery inside ``UPDATE … WHERE id IN (…)`` more than once and so claim
-        # more than ``limit`` rows. The ids selected here are locked until the commit.
-        ids = list(await session.scalars(candidates))
-        if not ids:
-            return []
-        claimed = list(
-            await session.scalars(
-                update(CallbackDelivery)
-                .where(CallbackDelivery.id.in_(ids), *_due_conditions(now))
-                .values(locked_until=lease, locked_by=zd.node_id)
-                .returning(CallbackDelivery.id)
-                .execution_options(synchronize_session=False)
-            )
-        )
-        if not claimed:
-            return []
-        rows = await session.execute(
-            select(
-                CallbackDelivery,
-                Destination.callback_secret,
-                Submission.sender_callback_secret,
-            )
-            .outerjoin(Destination, Destination.destination_id == CallbackDelivery.destination_id)
-            .outerjoin(Submission, Submission.submission_id == CallbackDelivery.submission_id)
-            .where(CallbackDelivery.id.in_(claimed))
-            .order_by(CallbackDelivery.next_attempt_at, CallbackDelivery.id)
-        )
-        jobs = []
-        for delivery, destination_secret, sender_secret in rows:
-            to_destination = delivery.destination_id is not None
-            jobs.append(
-                _Job(
-                    id=delivery.id,
-                    kind=delivery.kind,
-                    url=delivery.target_url,
-                    body=bytes(delivery.payload),
-                    secret=destination_secret if to_destination else sender_secret,
-                    to_destination=to_destination,
-                    submission_id=delivery.submission_id,
-                    attempts=delivery.attempts,
-                    created_at=delivery.created_at,
-                )
-            )
-        return jobs
+    return result.all()
 
 
 # --- sending and recording -----------------------------------------------------------------------
@@ -295,27 +353,71 @@ async def _send(zd: ZdState, client: httpx.AsyncClient, job: _Job) -> _Outcome:
     return _Outcome(False, f"HTTP {status}")
 
 
-def _holding(job: _Job, zd: ZdState) -> list[Any]:
-    return [
-        CallbackDelivery.id == job.id,
-        CallbackDelivery.status == DeliveryStatus.PENDING.value,
-        CallbackDelivery.locked_by == zd.node_id,
-    ]
+def _record_statement(**values: Any) -> Any:
+    """Record a result on a delivery this node still holds (``None`` back: the lease is lost)."""
+    return (
+        update(CALLBACK_DELIVERIES)
+        .where(
+            _D.id == bindparam("delivery_id"),
+            _D.status == DeliveryStatus.PENDING.value,
+            _D.locked_by == bindparam("node_id"),
+        )
+        .values(**values, locked_until=None, locked_by=None)
+        .returning(_D.id)
+    )
+
+
+_RECORD_DELIVERED = _record_statement(
+    status=DeliveryStatus.DELIVERED.value,
+    attempts=bindparam("new_attempts", type_=Integer),
+    delivered_at=bindparam("now", type_=UtcDateTime()),
+    last_error=None,
+)
+_RECORD_RETRY = _record_statement(
+    attempts=bindparam("new_attempts", type_=Integer),
+    last_error=bindparam("error"),
+    next_attempt_at=bindparam("retry_at", type_=UtcDateTime()),
+)
+_RECORD_FAILED = _record_statement(
+    status=DeliveryStatus.FAILED.value,
+    attempts=bindparam("new_attempts", type_=Integer),
+    last_error=bindparam("error"),
+)
+_ANNOUNCED_SUBMISSION = select(
+    SUBMISSIONS.c.submission_id,
+    SUBMISSIONS.c.case_id,
+    SUBMISSIONS.c.destination_id,
+    SUBMISSIONS.c.status,
+    SUBMISSIONS.c.sender_callback_url,
+    SUBMISSIONS.c.sender_callback_secret,
+).where(SUBMISSIONS.c.submission_id == bindparam("submission_id"))
+_RELEASE = (
+    update(CALLBACK_DELIVERIES)
+    .where(
+        _D.id.in_(bindparam("ids", expanding=True)),
+        _D.status == DeliveryStatus.PENDING.value,
+        _D.locked_by == bindparam("node_id"),
+    )
+    .values(locked_until=None, locked_by=None)
+    .returning(_D.id)
+)
 
 
 async def _notify_callback(session: AsyncSession, zd: ZdState, submission_id: str) -> None:
     """After a delivered NEW_SUBMISSIONS: ``notify-submission`` (callback), once per submission."""
-    submission = await session.get(Submission, submission_id)
+    submission = (
+        await session.execute(_ANNOUNCED_SUBMISSION, {"submission_id": submission_id})
+    ).first()
     if submission is None or submission.status not in _NOTIFIABLE:
         return
     record = await append_zd_event(
         session,
         zd,
         case_id=submission.case_id,
-        submission_id=submission.submission_id,
+        submission_id=submission_id,
         event=Event.NOTIFY_SUBMISSION,
         payload={"notifyType": NotifyType.CALLBACK.value},
-        dedup_key=f"notify-submission:{submission.submission_id}:callback",
+        dedup_key=f"notify-submission:{submission_id}:callback",
     )
     if record is not None:
         await enqueue_new_events(session, zd, submission, to_sender=True)
@@ -325,22 +427,11 @@ async def _record(zd: ZdState, job: _Job, outcome: _Outcome, result: CallbackPas
     config = zd.config.callbacks
     now = zd.clock.now()
     attempts = job.attempts + 1
+    # (Keys of bound values in an UPDATE must not be column names: SQLAlchemy would SET them.)
+    held = {"delivery_id": job.id, "node_id": zd.node_id, "new_attempts": attempts}
     async with zd.sessions() as session, session.begin():
         if outcome.ok:
-            updated = await session.scalar(
-                update(CallbackDelivery)
-                .where(*_holding(job, zd))
-                .values(
-                    status=DeliveryStatus.DELIVERED.value,
-                    attempts=attempts,
-                    delivered_at=now,
-                    last_error=None,
-                    locked_until=None,
-                    locked_by=None,
-                )
-                .returning(CallbackDelivery.id)
-                .execution_options(synchronize_session=False)
-            )
+            updated = await session.scalar(_RECORD_DELIVERED, {**held, "now": now})
             if updated is None:
                 result.lost += 1
                 return
@@ -364,26 +455,17 @@ async def _record(zd: ZdState, job: _Job, outcome: _Outcome, result: CallbackPas
             or attempts >= config.max_attempts
             or now - job.created_at >= config.give_up_after
         )
-        values: dict[str, Any] = {
-            "attempts": attempts,
-            "last_error": outcome.error,
-            "locked_until": None,
-            "locked_by": None,
-        }
         if give_up:
-            values["status"] = DeliveryStatus.FAILED.value
+            next_attempt_at = None
+            updated = await session.scalar(_RECORD_FAILED, {**held, "error": outcome.error})
         else:
-            values["next_attempt_at"] = now + retry_delay(config, attempts)
-        updated = await session.scalar(
-            update(CallbackDelivery)
-            .where(*_holding(job, zd))
-            .values(**values)
-            .returning(CallbackDelivery.id)
-            .execution_options(synchronize_session=False)
-        )
+            next_attempt_at = now + retry_delay(config, attempts)
+            updated = await session.scalar(
+                _RECORD_RETRY, {**held, "error": outcome.error, "retry_at": next_attempt_at}
+            )
     if updated is None:
         result.lost += 1
-    elif give_up:
+    elif next_attempt_at is None:
         result.failed += 1
         logger.warning(
             "callback %d (%s) to %s failed for good after %d attempt(s): %s",
@@ -402,7 +484,7 @@ async def _record(zd: ZdState, job: _Job, outcome: _Outcome, result: CallbackPas
             job.host,
             attempts,
             outcome.error,
-            values["next_attempt_at"].isoformat(),
+            next_attempt_at.isoformat(),
         )
 
 
@@ -420,21 +502,9 @@ async def release_leases(zd: ZdState, ids: Collection[int]) -> int:
     """Give up this node's leases on ``ids`` (still pending) without counting an attempt."""
     if not ids:
         return 0
-    async with zd.sessions() as session, session.begin():
-        released = list(
-            await session.scalars(
-                update(CallbackDelivery)
-                .where(
-                    CallbackDelivery.id.in_(sorted(ids)),
-                    CallbackDelivery.status == DeliveryStatus.PENDING.value,
-                    CallbackDelivery.locked_by == zd.node_id,
-                )
-                .values(locked_until=None, locked_by=None)
-                .returning(CallbackDelivery.id)
-                .execution_options(synchronize_session=False)
-            )
-        )
-    return len(released)
+    async with zd.database.engine.begin() as connection:
+        released = await connection.execute(_RELEASE, {"ids": sorted(ids), "node_id": zd.node_id})
+        return len(released.all())
 
 
 def make_http_client(zd: ZdState) -> httpx.AsyncClient:
