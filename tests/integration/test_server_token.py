@@ -230,6 +230,20 @@ def test_disabled_client_loses_access(server: LiveServer) -> None:
         _oauth_error(http.post("/token", data=_form(sender)), 401, "invalid_client")
 
 
+def test_a_token_in_use_stops_working_when_its_client_is_disabled(server: LiveServer) -> None:
+    """Verified tokens are remembered, but the client is looked up on every request."""
+    from fitconnect_kit.server.admin import set_client_disabled
+
+    sender = server.seed.sender()
+    auth = {"Authorization": f"Bearer {server.seed.token(sender)}"}
+    with server.client() as http:
+        assert http.get("/test/whoami", headers=auth).status_code == 200
+        server.run(set_client_disabled(server.zd.database, sender.client_id))
+        _unauthorized(http.get("/test/whoami", headers=auth))
+        server.run(set_client_disabled(server.zd.database, sender.client_id, disabled=False))
+        assert http.get("/test/whoami", headers=auth).status_code == 200
+
+
 def test_token_of_another_server_is_refused(server: LiveServer, start_server: StartServer) -> None:
     other = start_server(routers=[extra_routes])
     token = other.seed.token(other.seed.sender())

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import replace
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from tests.keycache import rsa_key
 
 from fitconnect_kit.protocol.clock import ManualClock
+from fitconnect_kit.server import auth
 from fitconnect_kit.server.auth import (
     MANAGE_SCOPE,
     SUBSCRIBE_SCOPE,
@@ -21,7 +25,13 @@ from fitconnect_kit.server.auth import (
     verify_access_token,
     verify_client_secret,
 )
-from fitconnect_kit.server.server_keys import ServerKeyPurpose, ServerKeys, SigningKey, kid_for
+from fitconnect_kit.server.server_keys import (
+    ServerKeyPurpose,
+    ServerKeys,
+    SigningKey,
+    VerifiedTokenCache,
+    kid_for,
+)
 from fitconnect_kit.server.storage.models import ClientKind
 
 
@@ -101,6 +111,87 @@ def test_access_token_round_trip_and_expiry() -> None:
     forged = keys.set_signing.sign({"typ": "JWT"}, b'{"iss":"https://zd"}')
     with pytest.raises(InvalidTokenError, match="not issued"):
         verify_access_token(forged, keys=keys, issuer="https://zd", clock=clock)
+
+
+def _token(keys: ServerKeys, clock: ManualClock, *, lifetime: int = 60) -> str:
+    return issue_access_token(
+        keys,
+        issuer="https://zd",
+        client_id="c1",
+        scopes=["send:region:DE"],
+        lifetime=lifetime,
+        clock=clock,
+    )
+
+
+def test_a_verified_signature_is_remembered_but_claims_are_checked_on_every_use(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    keys, clock = _keys(), ManualClock()
+    token = _token(keys, clock)
+    signature_checks = 0
+    original = auth.verify_parsed
+
+    def counting_verify(*args: Any, **kwargs: Any) -> None:
+        nonlocal signature_checks
+        signature_checks += 1
+        original(*args, **kwargs)
+
+    monkeypatch.setattr(auth, "verify_parsed", counting_verify)
+    for _ in range(3):
+        assert verify_access_token(token, keys=keys, issuer="https://zd", clock=clock).client_id
+    assert signature_checks == 1
+    # Remembered by SHA-256 of the token, never by the token itself.
+    assert list(keys.verified_tokens._claims) == [hashlib.sha256(token.encode()).digest()]
+
+    with pytest.raises(InvalidTokenError, match="issuer"):
+        verify_access_token(token, keys=keys, issuer="https://other", clock=clock)
+    issued = clock.now()
+    clock.advance(timedelta(seconds=60))
+    with pytest.raises(InvalidTokenError, match="expired"):
+        verify_access_token(token, keys=keys, issuer="https://zd", clock=clock)
+    assert signature_checks == 1
+
+    # Keys loaded anew (e.g. after a rotation) verify again: the cache belongs to the keys.
+    reloaded = replace(keys, verified_tokens=VerifiedTokenCache())
+    clock.set(issued)
+    verify_access_token(token, keys=reloaded, issuer="https://zd", clock=clock)
+    assert signature_checks == 2
+
+
+def test_a_token_that_does_not_verify_is_never_remembered() -> None:
+    keys, clock = _keys(), ManualClock()
+    token = _token(keys, clock)
+    header, payload, signature = token.split(".")
+    tampered = (
+        f"{header}.{payload}.{signature[:-4]}{'AAAA' if signature[-4:] != 'AAAA' else 'BBBB'}"
+    )
+    for _ in range(2):
+        with pytest.raises(InvalidTokenError, match="signature"):
+            verify_access_token(tampered, keys=keys, issuer="https://zd", clock=clock)
+    assert len(keys.verified_tokens) == 0
+    # A token issued in the future is remembered (its signature is fine) but refused until due.
+    now = clock.now()
+    clock.advance(timedelta(hours=1))
+    future = _token(keys, clock, lifetime=7200)
+    clock.set(now)
+    with pytest.raises(InvalidTokenError, match="future"):
+        verify_access_token(future, keys=keys, issuer="https://zd", clock=clock)
+    assert len(keys.verified_tokens) == 1
+    clock.advance(timedelta(hours=1))
+    assert verify_access_token(future, keys=keys, issuer="https://zd", clock=clock)
+
+
+def test_verified_token_cache_is_bounded_and_drops_the_least_recently_used() -> None:
+    cache = VerifiedTokenCache(max_entries=2)
+    cache.put("a", {"sub": "a"})
+    cache.put("b", {"sub": "b"})
+    assert cache.get("a") == {"sub": "a"}  # now "b" is the least recently used
+    cache.put("c", {"sub": "c"})
+    assert len(cache) == 2
+    assert cache.get("b") is None
+    assert cache.get("a") is not None
+    assert cache.get("c") is not None
 
 
 def test_principal_rules() -> None:

@@ -14,13 +14,14 @@ import asyncio
 import hashlib
 import hmac
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from types import MappingProxyType
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from fitconnect_kit.protocol.b64 import b64url_decode, b64url_encode
 from fitconnect_kit.protocol.clock import Clock, unix_time
@@ -31,7 +32,7 @@ from fitconnect_kit.protocol.jsonutil import dumps_compact, loads_object
 from fitconnect_kit.protocol.problems import ApiProblems
 from fitconnect_kit.server.problems import ApiError
 from fitconnect_kit.server.server_keys import ServerKeys
-from fitconnect_kit.server.state import ZdState, get_zd
+from fitconnect_kit.server.state import ZD, ZdState
 from fitconnect_kit.server.storage.models import Client, ClientDestination, ClientKind
 
 SCOPE_BASE = "https://schema.fitko.de/fit-connect/oauth/scopes/"
@@ -197,7 +198,20 @@ def issue_access_token(
 
 
 def verify_access_token(token: str, *, keys: ServerKeys, issuer: str, clock: Clock) -> AccessToken:
-    """Check signature, issuer, expiry and shape; raise :class:`InvalidTokenError`."""
+    """Check signature, issuer, expiry and shape; raise :class:`InvalidTokenError`.
+
+    The signature check of a token is done once (``keys.verified_tokens``); the claims are
+    checked on every call.
+    """
+    claims = keys.verified_tokens.get(token)
+    if claims is None:
+        claims = _verified_claims(token, keys)
+        keys.verified_tokens.put(token, claims)
+    return _checked_claims(claims, issuer=issuer, clock=clock)
+
+
+def _verified_claims(token: str, keys: ServerKeys) -> Mapping[str, Any]:
+    """The claims of ``token`` if it is a well-formed JWS signed by one of our token keys."""
     try:
         parsed = parse_compact(token)
     except JoseError:
@@ -207,9 +221,12 @@ def verify_access_token(token: str, *, keys: ServerKeys, issuer: str, clock: Clo
         raise InvalidTokenError("the access token was not issued by this Zustelldienst")
     try:
         verify_parsed(parsed, key.public_key)
-        claims = loads_object(parsed.payload, what="access token claims")
+        return MappingProxyType(loads_object(parsed.payload, what="access token claims"))
     except (JoseError, FormatError):
         raise InvalidTokenError("the access token signature does not verify") from None
+
+
+def _checked_claims(claims: Mapping[str, Any], *, issuer: str, clock: Clock) -> AccessToken:
     sub, scope, jti = claims.get("sub"), claims.get("scope", ""), claims.get("jti")
     iat, exp = claims.get("iat"), claims.get("exp")
     if claims.get("iss") != issuer:
@@ -228,14 +245,18 @@ def verify_access_token(token: str, *, keys: ServerKeys, issuer: str, clock: Clo
     return AccessToken(sub, tuple(scope.split()), jti, issued_at, expires_at)
 
 
-def bearer_token(request: Request) -> str | None:
-    header = request.headers.get("authorization")
-    if not header:
+def bearer_token_of(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header value, else ``None``."""
+    if not authorization:
         return None
-    scheme, _, value = header.partition(" ")
+    scheme, _, value = authorization.partition(" ")
     if scheme.lower() != "bearer" or not value.strip():
         return None
     return value.strip()
+
+
+def bearer_token(request: Request) -> str | None:
+    return bearer_token_of(request.headers.get("authorization"))
 
 
 def _bearer_challenge(error: str | None = None, description: str | None = None) -> str:
@@ -329,6 +350,20 @@ class Principal:
             raise forbidden("this client may not manage the destination")
 
 
+#: The client and its destination links in one read-only query (every request pays it). Built
+#: once: building a select and its cache key anew costs more CPU than running it on SQLite.
+_CLIENT_AND_LINKS = (
+    select(
+        Client.kind,
+        Client.disabled,
+        ClientDestination.destination_id,
+        ClientDestination.can_manage,
+    )
+    .outerjoin(ClientDestination, ClientDestination.client_id == Client.client_id)
+    .where(Client.client_id == bindparam("client_id"))
+)
+
+
 async def authenticate(request: Request, zd: ZdState) -> Principal:
     """Verify the request's bearer token and load its client (401 problem otherwise)."""
     token = bearer_token(request)
@@ -344,19 +379,9 @@ async def authenticate(request: Request, zd: ZdState) -> Principal:
             )
         except InvalidTokenError as exc:
             raise unauthorized(str(exc)) from None
-    # The client and its destination links in one read-only query (every request pays it).
-    statement = (
-        select(
-            Client.kind,
-            Client.disabled,
-            ClientDestination.destination_id,
-            ClientDestination.can_manage,
-        )
-        .outerjoin(ClientDestination, ClientDestination.client_id == Client.client_id)
-        .where(Client.client_id == access.client_id)
-    )
     async with zd.database.read_connection() as connection:
-        rows = (await connection.execute(statement)).all()
+        result = await connection.execute(_CLIENT_AND_LINKS, {"client_id": access.client_id})
+        rows = result.all()
     if not rows or rows[0].disabled:
         raise unauthorized("the client of this access token is unknown or disabled")
     links = [row for row in rows if row.destination_id is not None]
@@ -371,7 +396,7 @@ async def authenticate(request: Request, zd: ZdState) -> Principal:
     )
 
 
-async def current_principal(request: Request, zd: Annotated[ZdState, Depends(get_zd)]) -> Principal:
+async def current_principal(request: Request, zd: ZD) -> Principal:
     return await authenticate(request, zd)
 
 

@@ -1,7 +1,8 @@
 """Pure ASGI middlewares: rate limiting, request body limits and refusals of unread bodies.
 
 Pure ASGI (not ``BaseHTTPMiddleware``) so that streamed uploads and downloads pass through
-untouched.
+untouched. They run on every request, so they read headers straight from the ASGI scope instead
+of building Starlette ``Request``/``Headers`` objects.
 
 Rate limiting is a token bucket per client (the ``sub`` of a *verified* bearer token — an
 unverified one would let anybody drain another client's bucket) or per IP address for callers
@@ -16,15 +17,14 @@ import math
 import time
 from dataclasses import dataclass
 
-from starlette.datastructures import Headers, MutableHeaders
-from starlette.requests import Request
+from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fitconnect_kit.protocol.problems import ApiProblems
 from fitconnect_kit.server.auth import (
     VERIFIED_CLAIMS_STATE_KEY,
     InvalidTokenError,
-    bearer_token,
+    bearer_token_of,
     verify_access_token,
 )
 from fitconnect_kit.server.config import RateLimitConfig
@@ -35,6 +35,15 @@ from fitconnect_kit.server.state import ZdState
 def _zd(scope: Scope) -> ZdState:
     state: ZdState = scope["app"].state.zd
     return state
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    """The first value of header ``name`` (lower case, as ASGI servers deliver names)."""
+    for key, value in scope["headers"]:
+        if key == name:
+            decoded: str = value.decode("latin-1")
+            return decoded
+    return None
 
 
 # --- rate limiting -------------------------------------------------------------------------------
@@ -103,6 +112,11 @@ class TokenBucketLimiter:
                 del self._buckets[key]
 
 
+_RATE_LIMIT_HEADER_NAMES = frozenset(
+    {b"ratelimit-limit", b"ratelimit-remaining", b"ratelimit-reset"}
+)
+
+
 class RateLimitMiddleware:
     def __init__(self, app: ASGIApp, config: RateLimitConfig) -> None:
         self.app = app
@@ -111,8 +125,7 @@ class RateLimitMiddleware:
 
     def _key(self, scope: Scope) -> tuple[str, bool]:
         """The bucket key and whether it is a client (vs. an IP address)."""
-        request = Request(scope)
-        token = bearer_token(request)
+        token = bearer_token_of(_header(scope, b"authorization"))
         if token is not None:
             zd = _zd(scope)
             try:
@@ -153,12 +166,20 @@ class RateLimitMiddleware:
             )
             await response(scope, receive, send)
             return
+        raw_headers = [
+            (name.lower().encode("latin-1"), value.encode("latin-1"))
+            for name, value in headers.items()
+        ]
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                response_headers = MutableHeaders(scope=message)
-                for name, value in headers.items():
-                    response_headers[name] = value
+                # A new list (the response may own the old one); replaces any of the app's own.
+                kept = [
+                    header
+                    for header in message.get("headers", ())
+                    if header[0].lower() not in _RATE_LIMIT_HEADER_NAMES
+                ]
+                message["headers"] = kept + raw_headers
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
@@ -178,7 +199,7 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         limit, problem = _zd(scope).body_limit_rule_for(scope["method"], scope["path"])
-        declared = Headers(scope=scope).get("content-length")
+        declared = _header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             # The unread body is dealt with by RefusalDrainMiddleware (outside of this one).
             response = problem_response(
@@ -214,14 +235,23 @@ class _BodyState:
     receive_called: bool = False
 
 
-def _declared_length(headers: Headers) -> tuple[int | None, bool]:
-    """(declared ``Content-Length``, whether a body may follow at all)."""
-    raw = headers.get("content-length")
-    chunked = "chunked" in headers.get("transfer-encoding", "").lower()
-    if raw is not None and raw.isdigit():
-        length = int(raw)
-        return length, length > 0
-    return None, chunked
+_BODY_HEADER_NAMES = frozenset({b"content-length", b"transfer-encoding", b"expect"})
+
+
+def _body_headers(scope: Scope) -> tuple[int | None, bool, bool]:
+    """(declared ``Content-Length``, whether a body may follow at all, ``Expect:
+    100-continue``); the first value of each header counts."""
+    first: dict[bytes, bytes] = {}
+    for name, value in scope["headers"]:
+        if name in _BODY_HEADER_NAMES:
+            first.setdefault(name, value)
+    content_length = first.get(b"content-length")
+    chunked = b"chunked" in first.get(b"transfer-encoding", b"").lower()
+    expects_continue = first.get(b"expect", b"").lower() == b"100-continue"
+    if content_length is not None and content_length.isdigit():
+        length = int(content_length)
+        return length, length > 0, expects_continue
+    return None, chunked, expects_continue
 
 
 class RefusalDrainMiddleware:
@@ -256,14 +286,12 @@ class RefusalDrainMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = Headers(scope=scope)
-        declared, has_body = _declared_length(headers)
+        declared, has_body, expects_continue = _body_headers(scope)
         if not has_body:
             await self.app(scope, receive, send)
             return
         limits = _zd(scope).config.limits
         state = _BodyState(declared=declared, complete=False)
-        expects_continue = headers.get("expect", "").lower() == "100-continue"
 
         async def tracked_receive() -> Message:
             state.receive_called = True

@@ -13,6 +13,9 @@ agree on one key per purpose.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -32,6 +35,8 @@ from fitconnect_kit.server.storage.db import Database
 from fitconnect_kit.server.storage.models import ServerKey, ServerKeyPurpose
 
 SERVER_KEY_BITS = 4096
+#: Access tokens whose signature check is remembered (about 1 KiB each).
+VERIFIED_TOKENS_MAX_ENTRIES = 4096
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,47 @@ class SigningKey:
         return sign_compact(full_header, payload, self.private_key)
 
 
+class VerifiedTokenCache:
+    """Claims of access tokens whose signature verified, by SHA-256 of the exact token string.
+
+    Verifying a PS512 token costs an RSA-4096 public-key operation; clients send the same token
+    on every request for its lifetime. Only the outcome of the signature check is remembered
+    (never a failed one, never the raw token): the claim checks — issuer, shape, ``exp`` and
+    ``iat`` against the clock — still run on every use. Bounded; the least recently used entries
+    go first.
+    """
+
+    def __init__(self, max_entries: int = VERIFIED_TOKENS_MAX_ENTRIES) -> None:
+        self._claims: OrderedDict[bytes, Mapping[str, Any]] = OrderedDict()
+        self._max_entries = max_entries
+        # Normally used from one event loop only; the lock keeps it consistent from any thread.
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _digest(token: str) -> bytes:
+        return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+
+    def get(self, token: str) -> Mapping[str, Any] | None:
+        digest = self._digest(token)
+        with self._lock:
+            claims = self._claims.get(digest)
+            if claims is not None:
+                self._claims.move_to_end(digest)
+            return claims
+
+    def put(self, token: str, claims: Mapping[str, Any]) -> None:
+        """Remember ``claims`` of ``token``; only after its signature verified."""
+        digest = self._digest(token)
+        with self._lock:
+            self._claims[digest] = claims
+            self._claims.move_to_end(digest)
+            while len(self._claims) > self._max_entries:
+                self._claims.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._claims)
+
+
 @dataclass(frozen=True)
 class ServerKeys:
     """The keys a node works with; loaded once at start-up."""
@@ -76,6 +122,11 @@ class ServerKeys:
     published_set_keys: tuple[SigningKey, ...]
     #: Token keys by kid that verify access tokens (current and not yet retired).
     token_verification_keys: Mapping[str, SigningKey]
+    #: Tokens that verified with ``token_verification_keys`` — belongs to exactly these keys, so
+    #: keys loaded anew (another generation, a retired key) start with an empty cache.
+    verified_tokens: VerifiedTokenCache = field(
+        default_factory=VerifiedTokenCache, compare=False, repr=False
+    )
 
     def jwks(self) -> dict[str, list[Jwk]]:
         return {"keys": [key.public_jwk() for key in self.published_set_keys]}

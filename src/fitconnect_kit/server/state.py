@@ -99,11 +99,17 @@ def get_zd(request: Request) -> ZdState:
     return state
 
 
+async def zd_dependency(request: Request) -> ZdState:
+    """:func:`get_zd` as a FastAPI dependency — ``async`` because FastAPI runs a plain ``def``
+    dependency in a worker thread, a thread hand-off on every request."""
+    return get_zd(request)
+
+
 async def db_session(request: Request) -> AsyncIterator[AsyncSession]:
     """A session per request; handlers commit explicitly (``await session.commit()``)."""
     async with get_zd(request).sessions() as session:
         yield session
 
 
-ZD = Annotated[ZdState, Depends(get_zd)]
+ZD = Annotated[ZdState, Depends(zd_dependency)]
 DbSession = Annotated[AsyncSession, Depends(db_session)]

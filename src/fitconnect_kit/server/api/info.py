@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from fitconnect_kit import __version__
 from fitconnect_kit.protocol.api import ApiInfo, ApiVersion
+from fitconnect_kit.protocol.jsonutil import dumps_compact
 from fitconnect_kit.server.api._common import problems
 from fitconnect_kit.server.compat import (
     INFO_IMPLEMENTATION_NAME,
@@ -36,8 +35,12 @@ def api_info() -> ApiInfo:
     operation_id="get-info",
     responses=problems(auth=False, params=False, validation=False),
 )
-async def info() -> dict[str, Any]:
-    return api_info().to_json()
+async def info() -> Response:
+    # The same document on every call: serialized once, not validated and encoded per request.
+    return Response(_INFO_JSON, media_type="application/json")
+
+
+_INFO_JSON = dumps_compact(api_info().to_json())
 
 
 @router.get(
