@@ -12,16 +12,19 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import func, select, update
-from tests.unit.test_client_fakes import SERVICE, FakeZustelldienst
+from tests.keycache import rsa_key
+from tests.unit.test_client_fakes import JSON_SCHEMA, SERVICE, FakeZustelldienst, RecordingSleep
 from tests.unit.test_client_sender import send_simple, sender_for
 from tests.unit.test_subscriber_fakes import SubscriberZD, base_plan, make_subscriber, send_plan
 
-from fitconnect_kit.client import eventlog
+from fitconnect_kit.client import SubmissionBuilder, eventlog
+from fitconnect_kit.client import sender as sender_module
 from fitconnect_kit.client.errors import (
     ApiError,
     DestinationInactiveError,
     EventLogVerificationError,
 )
+from fitconnect_kit.protocol.jose.jwk import jwk_from_public_key
 from fitconnect_kit.protocol.problems import ApiProblems
 from fitconnect_kit.server.callback_guard import callback_ssl_context
 from fitconnect_kit.server.config import ServerConfig
@@ -137,7 +140,7 @@ async def test_sqlite_read_connection_does_not_wait_for_a_writer(tmp_path: Path)
 class _CountingVerify:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.calls = 0
-        for name in ("verify_set", "verify_set_with_jwks"):
+        for name in ("verify_parsed_set",):
             original = getattr(eventlog, name)
 
             def counted(*args: Any, _original: Any = original, **kwargs: Any) -> Any:
@@ -230,3 +233,173 @@ async def test_attachment_decryption_does_not_starve_the_default_executor(
         await subscriber.aclose()
     assert received.valid
     assert [a.error for a in received.attachments] == [None]
+
+
+# --- SET parsing and key caches of the event log reader -----------------------------------------
+
+
+async def test_parsed_sets_are_remembered_and_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(eventlog, "PARSED_CACHE_SIZE", 2)
+    zd = FakeZustelldienst()
+    async with sender_for(zd) as sender:
+        sent = await send_simple(zd, sender)
+        zd.accept(sent.submission_id)
+        tokens = zd.case_events[sent.case_id]
+        assert len(tokens) >= 3
+        reader = sender._events
+        first = reader.parse(tokens[0])
+        assert reader.parse(tokens[0]) is first  # the same token: parsed once
+        assert reader.parse(tokens[1]).set.jti != first.set.jti  # another token: its own entry
+        reader.parse(tokens[2])  # a third one evicts the least recently used (tokens[0])
+        assert list(reader._parsed) == [tokens[1], tokens[2]]
+        assert reader.parse(tokens[0]) is not first
+
+
+async def test_zustelldienst_keys_are_converted_once_per_jwks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    conversions: list[str] = []
+    original = eventlog.public_key_from_jwk
+
+    def counted(jwk: Any) -> Any:
+        conversions.append(jwk["kid"])
+        return original(jwk)
+
+    monkeypatch.setattr(eventlog, "public_key_from_jwk", counted)
+    zd = FakeZustelldienst()
+    async with sender_for(zd) as sender:
+        sent = await send_simple(zd, sender)
+        assert (await sender.status(sent)).events
+        zd.accept(sent.submission_id)
+        assert (await sender.status(sent)).accepted
+        assert conversions == [zd.zd_jwk["kid"]]  # several ZD SETs, one conversion
+
+
+async def test_a_refetched_jwks_replaces_the_cached_zustelldienst_keys() -> None:
+    zd = FakeZustelldienst()
+    async with sender_for(zd) as sender:
+        sent = await send_simple(zd, sender)
+        assert (await sender.status(sent)).events  # the ZD key is now cached
+        # The same kid now names another key: the SETs signed before no longer verify once the
+        # JWKS is fetched again — the cached key of the old JWKS must not be used.
+        other = rsa_key(4).public_key()
+        replaced = jwk_from_public_key(other, alg="PS512", key_ops=["verify"], use="sig")
+        replaced["kid"] = zd.zd_jwk["kid"]
+        zd.zd_jwk = replaced
+        sender._events.jwks_ttl = 0  # JWKS and verified SETs expire
+        with pytest.raises(EventLogVerificationError, match="does not verify"):
+            await sender.status(sent)
+
+
+async def test_an_unknown_zustelldienst_kid_is_a_problem_not_a_cache_hit() -> None:
+    zd = FakeZustelldienst()
+    async with sender_for(zd) as sender:
+        sent = await send_simple(zd, sender)
+        assert (await sender.status(sent)).events
+        zd.zd_jwk = {**zd.zd_jwk, "kid": "another-kid"}  # SETs name a kid the JWKS lacks
+        sender._events.jwks_ttl = 0
+        with pytest.raises(EventLogVerificationError, match="no key with kid"):
+            await sender.status(sent)
+
+
+# --- sender: fewer polls and thread hops --------------------------------------------------------
+
+
+async def test_wait_learns_how_long_the_destination_takes() -> None:
+    zd = FakeZustelldienst()
+    sleep = RecordingSleep(zd.clock)
+    async with sender_for(zd, sleep=sleep) as sender:
+        first = await send_simple(zd, sender)
+        polls = 0
+        original = sender.status
+
+        async def status(*args: Any, **kwargs: Any) -> Any:
+            nonlocal polls
+            polls += 1
+            if polls == 2:  # decided between the first poll (2 s) and the second (5 s)
+                zd.accept(first.submission_id)
+            return await original(*args, **kwargs)
+
+        sender.status = status  # type: ignore[method-assign]
+        assert (await sender.wait(first, poll_interval=2, max_interval=10)).accepted
+        assert sleep.delays == [2, 3]
+        assert list(sender._decision_delays[zd.destination_id]) == [3.5]
+
+        sleep.delays.clear()
+        second = await send_simple(zd, sender)
+        zd.accept(second.submission_id)
+        sender.status = original  # type: ignore[method-assign]
+        assert (await sender.wait(second, poll_interval=2, max_interval=10)).accepted
+        assert sleep.delays == [3.5]  # the first poll comes when the last decision came
+        assert list(sender._decision_delays[zd.destination_id]) == [3.5, 1.75]
+
+
+async def test_the_learned_first_pause_stays_within_the_intervals() -> None:
+    zd = FakeZustelldienst()
+    async with sender_for(zd) as sender:
+        sender._learn_decision_delay("fast", 0.01)
+        sender._learn_decision_delay("slow", 500.0)
+        assert sender._first_pause("fast", 0.25, 30.0) == 0.25
+        assert sender._first_pause("slow", 0.25, 30.0) == 30.0
+        assert sender._first_pause("unknown", 0.25, 30.0) == 0.25
+
+
+async def test_decision_delays_are_kept_for_a_bounded_number_of_destinations(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sender_module, "DECISION_DELAY_DESTINATIONS", 2)
+    monkeypatch.setattr(sender_module, "DECISION_DELAY_SAMPLES", 3)
+    zd = FakeZustelldienst()
+    async with sender_for(zd) as sender:
+        for seconds in (1.0, 2.0, 3.0, 4.0):
+            sender._learn_decision_delay("a", seconds)
+        sender._learn_decision_delay("b", 1.0)
+        sender._learn_decision_delay("a", 5.0)  # "a" is now the most recent
+        sender._learn_decision_delay("c", 1.0)  # evicts "b", the least recent
+        assert list(sender._decision_delays) == ["a", "c"]
+        assert list(sender._decision_delays["a"]) == [3.0, 4.0, 5.0]
+
+
+async def test_a_small_attachment_is_encrypted_in_one_thread_hop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    batches: list[int] = []
+    original = sender_module._UploadAttempt._next_batch
+
+    def counted(self: Any, chunks: Any) -> Any:
+        result = original(self, chunks)
+        batches.append(len(result[1]))
+        return result
+
+    monkeypatch.setattr(sender_module._UploadAttempt, "_next_batch", counted)
+    zd = FakeZustelldienst()
+    async with sender_for(zd) as sender:
+        sent = await send_simple(zd, sender)
+    assert len(batches) == 1
+    assert batches[0] > 1  # prefix, ciphertext and tag together
+    stored = zd.only_submission()
+    assert zd.decrypt(stored.attachments[sent.attachment_ids[0]]) == b"attachment bytes"
+
+
+async def test_a_large_attachment_is_uploaded_in_bounded_batches(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sender_module, "CHUNK_SIZE", 1000)
+    content = bytes(range(256)) * 40  # 10 240 bytes: several chunks and batches
+    progress: list[int] = []
+    zd = FakeZustelldienst()
+    async with sender_for(zd) as sender:
+        submission = (
+            SubmissionBuilder(zd.destination_id)
+            .service(SERVICE, "Testantrag")
+            .json_data({"antrag": "x"}, schema_uri=JSON_SCHEMA)
+            .attachment(content, filename="big.bin")
+            .build()
+        )
+        sent = await sender.send(
+            submission, progress=lambda _aid, done, _total: progress.append(done)
+        )
+    stored = zd.only_submission()
+    assert zd.decrypt(stored.attachments[sent.attachment_ids[0]]) == content
+    assert len(progress) > 3
+    assert progress == sorted(progress)

@@ -579,18 +579,18 @@ class HttpCore:
                     continue
                 raise error from exc
 
-            elapsed_ms = (time.monotonic() - started) * 1000
             status = response.status_code
             attempt.status = status
             attempt.maybe_processed = status >= 500
-            log.debug(
-                "%s %s -> %d (%.0f ms, attempt %d)",
-                method,
-                _safe_url(url),
-                status,
-                elapsed_ms,
-                number,
-            )
+            if log.isEnabledFor(logging.DEBUG):  # _safe_url parses the URL: only when logged
+                log.debug(
+                    "%s %s -> %d (%.0f ms, attempt %d)",
+                    method,
+                    _safe_url(url),
+                    status,
+                    (time.monotonic() - started) * 1000,
+                    number,
+                )
 
             if status == 401 and auth and not refreshed:
                 refreshed = True

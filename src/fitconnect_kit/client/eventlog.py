@@ -42,13 +42,15 @@ from fitconnect_kit.protocol.errors import FitConnectError
 from fitconnect_kit.protocol.events import (
     AuthenticationTags,
     Event,
+    ParsedSet,
     SecurityEventToken,
-    parse_set,
-    verify_set,
-    verify_set_with_jwks,
+    SetKeyNotFoundError,
+    check_verification_jwk,
+    parse_set_token,
+    verify_parsed_set,
 )
 from fitconnect_kit.protocol.ids import parse_uuid
-from fitconnect_kit.protocol.jose.jwk import find_key, jwks_keys
+from fitconnect_kit.protocol.jose.jwk import find_key, jwks_keys, public_key_from_jwk
 from fitconnect_kit.protocol.keys import KeyPurpose, validate_destination_key
 
 if TYPE_CHECKING:
@@ -61,6 +63,8 @@ JWKS_TTL_SECONDS = 3600.0
 _JWKS_MIN_REFETCH_SECONDS = 30.0
 #: Verified SETs remembered (a status poll re-reads the whole log; only new SETs need work).
 VERIFIED_CACHE_SIZE = 4096
+#: Parsed SETs remembered: a log is parsed to pick a submission's SETs, then verified.
+PARSED_CACHE_SIZE = 256
 
 
 @dataclass(frozen=True)
@@ -142,6 +146,9 @@ class EventLogReader:
         self.jwks_ttl = jwks_ttl
         self._jwks: Mapping[str, Any] | None = None
         self._jwks_fetched_at = 0.0
+        # kid → checked public key of the JWKS fetched last (emptied when it is fetched again).
+        self._zd_keys: dict[str, RSAPublicKey] = {}
+        self._parsed: OrderedDict[str, ParsedSet] = OrderedDict()
         self._dest_keys: dict[tuple[str, str], RSAPublicKey] = {}
         # (token, expected case, expected destination) → (verified at, event, receiver issuer):
         # a token verifies the same way every time; entries expire with the JWKS TTL.
@@ -205,7 +212,26 @@ class EventLogReader:
                 ) from exc
             self._jwks = data
             self._jwks_fetched_at = time.monotonic()
+            self._zd_keys = {}
         return self._jwks
+
+    async def zustelldienst_key(self, kid: str) -> RSAPublicKey:
+        """The Zustelldienst's SET verification key ``kid`` (checked with the JWK rules for
+        SETs), converted once per fetched JWKS. Raises
+        :class:`~fitconnect_kit.protocol.events.SetKeyNotFoundError` for an unknown ``kid``."""
+        await self._jwks_for(kid)  # fetches the JWKS (again) when needed
+        # No await from here on: the cached keys always belong to the current JWKS.
+        jwks = self._jwks
+        assert jwks is not None
+        key = self._zd_keys.get(kid)
+        if key is None:
+            jwk = find_key(jwks_keys(jwks), kid)
+            if jwk is None:
+                raise SetKeyNotFoundError(f"no key with kid {kid!r} in the JWKS")
+            check_verification_jwk(jwk, kid)
+            key = public_key_from_jwk(jwk)
+            self._zd_keys[kid] = key
+        return key
 
     async def _jwks_for(self, kid: str) -> Mapping[str, Any]:
         jwks = await self.zustelldienst_jwks()
@@ -242,6 +268,20 @@ class EventLogReader:
         return key
 
     # --- verification --------------------------------------------------------------------------
+
+    def parse(self, token: str) -> ParsedSet:
+        """:func:`~fitconnect_kit.protocol.events.parse_set_token`, remembered for the last
+        few tokens (picking a submission's SETs out of a log parses them before
+        :meth:`verify` does). Raises what parsing raises."""
+        parsed = self._parsed.get(token)
+        if parsed is not None:
+            self._parsed.move_to_end(token)
+            return parsed
+        parsed = parse_set_token(token)
+        self._parsed[token] = parsed
+        while len(self._parsed) > PARSED_CACHE_SIZE:
+            self._parsed.popitem(last=False)
+        return parsed
 
     def _remember(
         self,
@@ -283,15 +323,16 @@ class EventLogReader:
                 continue
             where = f"event #{index + 1}"
             try:
-                parsed = parse_set(token)
+                parsed_set = self.parse(token)
             except FitConnectError as exc:
                 problems.append(f"{where}: not a valid SET: {exc}")
                 continue
+            parsed = parsed_set.set
             where = f"event #{index + 1} ({parsed.event.short_name}, jti {parsed.jti})"
             try:
                 if parsed.issued_by_zustelldienst:
-                    jwks = await self._jwks_for(parsed.kid)
-                    st = verify_set_with_jwks(token, jwks, expected_case_id=case_id)
+                    zd_key = await self.zustelldienst_key(parsed.kid)
+                    st = verify_parsed_set(parsed_set, zd_key, expected_case_id=case_id)
                     verified.append(VerifiedEvent(st, "zustelldienst"))
                     self._remember(cache_key, verified[-1], None)
                 else:
@@ -304,7 +345,9 @@ class EventLogReader:
                         continue
                     receiver_issuers.add(issuer)
                     key = await self.destination_signing_key(issuer, parsed.kid)
-                    st = verify_set(token, key, expected_case_id=case_id, expected_issuer=issuer)
+                    st = verify_parsed_set(
+                        parsed_set, key, expected_case_id=case_id, expected_issuer=issuer
+                    )
                     verified.append(VerifiedEvent(st, "destination"))
                     self._remember(cache_key, verified[-1], issuer)
             except NotFoundError as exc:

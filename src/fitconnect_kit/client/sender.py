@@ -24,6 +24,8 @@ import asyncio
 import contextlib
 import io
 import logging
+import statistics
+from collections import deque
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -101,6 +103,10 @@ CHUNK_SIZE = 1 << 20
 DESTINATION_CHECK_TTL_SECONDS = 60.0
 #: First pause of :meth:`AsyncSender.wait` between polls (it grows ×1.5 up to ``max_interval``).
 WAIT_POLL_INTERVAL = 0.25
+#: Decision delays :meth:`AsyncSender.wait` remembers per destination (their median times its
+#: first poll), and for how many destinations at most.
+DECISION_DELAY_SAMPLES = 16
+DECISION_DELAY_DESTINATIONS = 64
 FINAL_STATES = frozenset(
     {SubmissionStatus.ACCEPTED, SubmissionStatus.REJECTED, SubmissionStatus.DELETED}
 )
@@ -390,19 +396,37 @@ class _UploadAttempt:
         self._iterator = iterator
         return iter(iterator)
 
+    def _next_batch(
+        self, chunks: Iterator[bytes] | None
+    ) -> tuple[Iterator[bytes], list[bytes], bool]:
+        """``(chunks, next chunks up to about CHUNK_SIZE bytes, exhausted)``; opens the body on
+        the first call (runs in a worker thread)."""
+        if chunks is None:
+            chunks = self._open()
+        batch: list[bytes] = []
+        size = 0
+        for chunk in chunks:
+            batch.append(chunk)
+            size += len(chunk)
+            if size >= CHUNK_SIZE:
+                return chunks, batch, False
+        return chunks, batch, True
+
     async def body(self) -> AsyncIterator[bytes]:
         if self.progress is not None:
             self.progress(self.spec.attachment_id, 0, self.total)
-        chunks = await asyncio.to_thread(self._open)
+        chunks: Iterator[bytes] | None = None
         try:
-            while True:
-                chunk = await asyncio.to_thread(next, chunks, None)
-                if chunk is None:
-                    break
-                self.sent += len(chunk)
-                yield chunk
-                if self.progress is not None:
-                    self.progress(self.spec.attachment_id, self.sent, self.total)
+            done = False
+            while not done:
+                # One thread hop per ~CHUNK_SIZE bytes: a small attachment's chunks (JWE prefix,
+                # ciphertext, tag) come in one hop instead of one each.
+                chunks, batch, done = await asyncio.to_thread(self._next_batch, chunks)
+                for chunk in batch:
+                    self.sent += len(chunk)
+                    yield chunk
+                    if self.progress is not None:
+                        self.progress(self.spec.attachment_id, self.sent, self.total)
             if self.sent != self.total:
                 raise SubmissionError(
                     f"attachment {self.spec.attachment_id}: produced {self.sent} bytes but "
@@ -461,6 +485,8 @@ class AsyncSender(AsyncClientBase):
         self.limits = limits or Limits()
         self.destination_check_ttl = destination_check_ttl
         self._checked: dict[tuple[Any, ...], tuple[datetime, CheckedDestination]] = {}
+        # destination id → recent decision delays (seconds after sending), see wait().
+        self._decision_delays: dict[str, deque[float]] = {}
         super().__init__(environment, credentials, **options)
 
     # --- destinations ----------------------------------------------------------------------------
@@ -1185,22 +1211,40 @@ class AsyncSender(AsyncClientBase):
         The pauses start at ``poll_interval`` (an automatic receiver often decides within a
         second) and grow ×1.5 up to ``max_interval``; ten minutes of waiting cost 30 polls. A
         :class:`SentSubmission` sent less than ``poll_interval`` ago is first polled after one
-        pause (at once it could only be ``submitted``).
+        pause (at once it could only be ``submitted``). That first pause adapts to the
+        destination: it is the median of the decision delays of its last few submissions that
+        this sender waited for (at least ``poll_interval``, at most ``max_interval``), so a
+        receiver that takes a second is not polled three times per submission.
 
         Raises :class:`~fitconnect_kit.client.errors.WaitTimeoutError` (with the last report)
         when the submission is not accepted, rejected or deleted in time.
         """
         start = self.clock.now()
         interval = max(0.1, poll_interval)
-        sent_at = target.sent_at if isinstance(target, SentSubmission) else None
-        if sent_at is not None and (start - sent_at).total_seconds() < interval:
-            # Just submitted: a poll now would only find it submitted. Pause first.
-            await self._sleep(min(interval, max(0.0, timeout)))
-            interval = min(max_interval, interval * 1.5)
+        sent = target if isinstance(target, SentSubmission) else None
+        sent_at = sent.sent_at if sent is not None else None
+        # Seconds after sending of the last poll that found no decision (while learning).
+        undecided_at: float | None = None
+        if sent is not None and sent_at is not None:
+            since_sent = (start - sent_at).total_seconds()
+            first_pause = self._first_pause(sent.destination_id, interval, max_interval)
+            if since_sent < first_pause:
+                # Just submitted: a poll now would only find it submitted. Pause first.
+                undecided_at = max(0.0, since_sent)
+                await self._sleep(min(first_pause - undecided_at, max(0.0, timeout)))
+                interval = min(max_interval, interval * 1.5)
         while True:
+            polled_at = self.clock.now()
             report = await self.status(
                 target, submission_id=submission_id, destination_id=destination_id
             )
+            if sent is not None and sent_at is not None and undecided_at is not None:
+                since_sent = (polled_at - sent_at).total_seconds()
+                if report.is_final:
+                    # The decision came between the two polls: learn the midpoint.
+                    self._learn_decision_delay(sent.destination_id, (undecided_at + since_sent) / 2)
+                else:
+                    undecided_at = since_sent
             if report.is_final:
                 return report
             elapsed = (self.clock.now() - start).total_seconds()
@@ -1213,6 +1257,22 @@ class AsyncSender(AsyncClientBase):
                 )
             await self._sleep(min(interval, remaining))
             interval = min(max_interval, interval * 1.5)
+
+    def _first_pause(self, destination_id: str, poll_interval: float, max_interval: float) -> float:
+        """Seconds after sending to poll first: the destination's median decision delay."""
+        delays = self._decision_delays.get(destination_id)
+        if not delays:
+            return poll_interval
+        return max(poll_interval, min(max_interval, statistics.median(delays)))
+
+    def _learn_decision_delay(self, destination_id: str, seconds: float) -> None:
+        delays = self._decision_delays.pop(destination_id, None)
+        if delays is None:
+            delays = deque(maxlen=DECISION_DELAY_SAMPLES)
+            if len(self._decision_delays) >= DECISION_DELAY_DESTINATIONS:
+                del self._decision_delays[next(iter(self._decision_delays))]  # least recent
+        delays.append(seconds)
+        self._decision_delays[destination_id] = delays  # re-inserted: most recent last
 
 
 # --- the sync facade ----------------------------------------------------------------------------

@@ -469,6 +469,12 @@ def _write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
+def _write_all_atomic(files: Sequence[tuple[Path, bytes]]) -> None:
+    """:func:`_write_atomic` for each ``(path, data)``, in order (one thread hop for all)."""
+    for path, data in files:
+        _write_atomic(path, data)
+
+
 def _received_tags(
     metadata: Received, data: Received | None, attachments: Mapping[str, Received]
 ) -> AuthenticationTags:
@@ -879,7 +885,7 @@ class AsyncSubscriber(SubscriberFromConfig, AsyncClientBase):
         mine: list[str] = []
         for token in tokens:
             try:
-                parsed = parse_set(token)
+                parsed = self._events.parse(token).set  # remembered for verify() below
             except FitConnectError:
                 # Unknown future event types must not make every submission fail.
                 log.warning("case %s: ignoring an event log entry that is not a known SET", case_id)
@@ -1027,15 +1033,18 @@ class AsyncSubscriber(SubscriberFromConfig, AsyncClientBase):
             verify, inp, self.schemas, require_data_schema=self.require_data_schema
         )
 
+        files_to_write: list[tuple[Path, bytes]] = []
         metadata_path: Path | None = None
         if meta_plain is not None:
             metadata_path = out / METADATA_FILE
-            await asyncio.to_thread(_write_atomic, metadata_path, meta_plain)
+            files_to_write.append((metadata_path, meta_plain))
         data_path: Path | None = None
         if data_plain is not None:
             mime = result_.data_mime_type or (data_received.cty if data_received else None)
             data_path = out / DATA_FILES.get(mime or "", DATA_FILE_FALLBACK)
-            await asyncio.to_thread(_write_atomic, data_path, data_plain)
+            files_to_write.append((data_path, data_plain))
+        if files_to_write:
+            await asyncio.to_thread(_write_all_atomic, files_to_write)
 
         state = derive_state([e.set for e in events], submission_id=sid) if events else None
         received_submission = ReceivedSubmission(

@@ -605,7 +605,17 @@ def _check_set_header(header: Mapping[str, Any]) -> str:
     return kid
 
 
-def _parse(token: str | bytes) -> tuple[ParsedJws, SecurityEventToken]:
+@dataclass(frozen=True)
+class ParsedSet:
+    """A SET checked by :func:`parse_set_token` (signature not yet verified) together with the
+    JWS parts its signature check needs, so that verifying it does not parse it again."""
+
+    jws: ParsedJws = field(repr=False)
+    set: SecurityEventToken
+
+
+def parse_set_token(token: str | bytes) -> ParsedSet:
+    """Like :func:`parse_set`, keeping the JWS parts for :func:`verify_parsed_set`."""
     parsed = parse_compact(token)  # alg == PS512, no crit/jku/jwk/x5u/x5c
     kid = _check_set_header(parsed.header)
     try:
@@ -614,21 +624,24 @@ def _parse(token: str | bytes) -> tuple[ParsedJws, SecurityEventToken]:
         raise SetError(str(exc)) from None
     checked = _check_claims(claims)
     text = token.decode("ascii") if isinstance(token, bytes) else token
-    return parsed, SecurityEventToken(
-        token=text.strip(),
-        header=dict(parsed.header),
-        claims=claims,
-        event=checked.event,
-        payload=checked.payload,
-        jti=checked.jti,
-        issuer=checked.issuer,
-        issued_at=checked.issued_at,
-        subject=checked.subject,
-        txn=checked.txn,
-        submission_id=checked.submission_id,
-        reply_id=checked.reply_id,
-        case_id=checked.case_id,
-        kid=kid,
+    return ParsedSet(
+        jws=parsed,
+        set=SecurityEventToken(
+            token=text.strip(),
+            header=dict(parsed.header),
+            claims=claims,
+            event=checked.event,
+            payload=checked.payload,
+            jti=checked.jti,
+            issuer=checked.issuer,
+            issued_at=checked.issued_at,
+            subject=checked.subject,
+            txn=checked.txn,
+            submission_id=checked.submission_id,
+            reply_id=checked.reply_id,
+            case_id=checked.case_id,
+            kid=kid,
+        ),
     )
 
 
@@ -639,7 +652,7 @@ def parse_set(token: str | bytes) -> SecurityEventToken:
     (:class:`~fitconnect_kit.protocol.errors.MalformedJoseError`,
     :class:`~fitconnect_kit.protocol.errors.UnsupportedAlgorithmError`, ...) for broken tokens.
     """
-    return _parse(token)[1]
+    return parse_set_token(token).set
 
 
 def check_verification_jwk(jwk: Mapping[str, Any], kid: str | None = None) -> None:
@@ -684,6 +697,23 @@ def _check_expectations(
         raise SetMismatchError(f"SET was issued by {st.issuer!r}, expected {expected_issuer!r}")
 
 
+def verify_parsed_set(
+    parsed: ParsedSet,
+    key: rsa.RSAPublicKey | Mapping[str, Any],
+    *,
+    expected_subject: str | None = None,
+    expected_case_id: str | None = None,
+    expected_issuer: str | None = None,
+) -> SecurityEventToken:
+    """:func:`verify_set` for a SET already parsed with :func:`parse_set_token`."""
+    st = parsed.set
+    if isinstance(key, Mapping):
+        check_verification_jwk(key, st.kid)
+    verify_parsed(parsed.jws, key)
+    _check_expectations(st, expected_subject, expected_case_id, expected_issuer)
+    return st
+
+
 def verify_set(
     token: str | bytes,
     key: rsa.RSAPublicKey | Mapping[str, Any],
@@ -698,12 +728,13 @@ def verify_set(
     ``expected_subject`` is ``submission:<id>`` or ``reply:<id>``; ``expected_case_id`` a UUID
     (or ``case:<id>``); issuers compare with UUIDs canonical and URLs without trailing ``/``.
     """
-    parsed, st = _parse(token)
-    if isinstance(key, Mapping):
-        check_verification_jwk(key, st.kid)
-    verify_parsed(parsed, key)
-    _check_expectations(st, expected_subject, expected_case_id, expected_issuer)
-    return st
+    return verify_parsed_set(
+        parse_set_token(token),
+        key,
+        expected_subject=expected_subject,
+        expected_case_id=expected_case_id,
+        expected_issuer=expected_issuer,
+    )
 
 
 def verify_set_with_jwks(
@@ -718,12 +749,12 @@ def verify_set_with_jwks(
 
     Raises :class:`SetKeyNotFoundError` when no key has that ``kid``.
     """
-    st = parse_set(token)
-    jwk = find_key(jwks_keys(jwks), st.kid)
+    parsed = parse_set_token(token)
+    jwk = find_key(jwks_keys(jwks), parsed.set.kid)
     if jwk is None:
-        raise SetKeyNotFoundError(f"no key with kid {st.kid!r} in the JWKS")
-    return verify_set(
-        token,
+        raise SetKeyNotFoundError(f"no key with kid {parsed.set.kid!r} in the JWKS")
+    return verify_parsed_set(
+        parsed,
         jwk,
         expected_subject=expected_subject,
         expected_case_id=expected_case_id,
