@@ -568,6 +568,13 @@ _NOTIFY_COLUMNS = (
     _S.sender_callback_secret,
     _polling_notified(_S.submission_id).label("notified"),
 )
+#: Submitted, with content, to one of the destinations: what a subscriber's list shows.
+_IS_WAITING = (
+    _S.destination_id.in_(bindparam("destination_ids", expanding=True)),
+    _S.status == _SUBMITTED,
+    _S.content_deleted_at.is_(None),
+    _S.encrypted_metadata.is_not(None),
+)
 _WAITING_PAGE = (
     select(
         _S.submission_id,
@@ -579,12 +586,7 @@ _WAITING_PAGE = (
         _S.submitted_at,
         func.count().over().label("total"),
     )
-    .where(
-        _S.destination_id.in_(bindparam("destination_ids", expanding=True)),
-        _S.status == _SUBMITTED,
-        _S.content_deleted_at.is_(None),
-        _S.encrypted_metadata.is_not(None),
-    )
+    .where(*_IS_WAITING)
     .order_by(_S.submitted_at, _S.submission_id)
     .offset(bindparam("offset", type_=Integer))
     .limit(bindparam("limit", type_=Integer))
@@ -602,16 +604,7 @@ _WAITING = select(
     _WAITING_PAGE.c.total,
     _polling_notified(_WAITING_PAGE.c.submission_id).label("notified"),
 ).order_by(_WAITING_PAGE.c.submitted_at, _WAITING_PAGE.c.submission_id)
-_WAITING_TOTAL = (
-    select(func.count())
-    .select_from(SUBMISSIONS)
-    .where(
-        _S.destination_id.in_(bindparam("destination_ids", expanding=True)),
-        _S.status == _SUBMITTED,
-        _S.content_deleted_at.is_(None),
-        _S.encrypted_metadata.is_not(None),
-    )
-)
+_WAITING_TOTAL = select(func.count()).select_from(SUBMISSIONS).where(*_IS_WAITING)
 
 
 async def _notify_polling(session: AsyncSession, zd: ZdState, submission: Row[Any]) -> None:
