@@ -29,6 +29,7 @@ from sqlalchemy import (
     ColumnElement,
     Integer,
     Row,
+    Select,
     and_,
     bindparam,
     exists,
@@ -559,15 +560,16 @@ def _authentication_tags(
 
 # --- subscriber: list, fetch, download --------------------------------------------------------
 
-_NOTIFY_COLUMNS = (
+#: What notifying a submission needs (its event, the sender's NEW_EVENTS callback).
+_NOTIFY_BASE = (
     _S.submission_id,
     _S.case_id,
     _S.destination_id,
     _S.status,
     _S.sender_callback_url,
     _S.sender_callback_secret,
-    _polling_notified(_S.submission_id).label("notified"),
 )
+_NOTIFY_COLUMNS = (*_NOTIFY_BASE, _polling_notified(_S.submission_id).label("notified"))
 #: Submitted, with content, to one of the destinations: what a subscriber's list shows.
 _IS_WAITING = (
     _S.destination_id.in_(bindparam("destination_ids", expanding=True)),
@@ -576,16 +578,7 @@ _IS_WAITING = (
     _S.encrypted_metadata.is_not(None),
 )
 _WAITING_PAGE = (
-    select(
-        _S.submission_id,
-        _S.case_id,
-        _S.destination_id,
-        _S.status,
-        _S.sender_callback_url,
-        _S.sender_callback_secret,
-        _S.submitted_at,
-        func.count().over().label("total"),
-    )
+    select(*_NOTIFY_BASE, _S.submitted_at, func.count().over().label("total"))
     .where(*_IS_WAITING)
     .order_by(_S.submitted_at, _S.submission_id)
     .offset(bindparam("offset", type_=Integer))
@@ -594,13 +587,8 @@ _WAITING_PAGE = (
 )
 #: One page of the waiting submissions, the total (a window count) and whether each was
 #: notified by polling already — the ``notified`` lookup only for the rows of the page.
-_WAITING = select(
-    _WAITING_PAGE.c.submission_id,
-    _WAITING_PAGE.c.case_id,
-    _WAITING_PAGE.c.destination_id,
-    _WAITING_PAGE.c.status,
-    _WAITING_PAGE.c.sender_callback_url,
-    _WAITING_PAGE.c.sender_callback_secret,
+_WAITING: Select[Any] = select(
+    *(_WAITING_PAGE.c[column.name] for column in _NOTIFY_BASE),
     _WAITING_PAGE.c.total,
     _polling_notified(_WAITING_PAGE.c.submission_id).label("notified"),
 ).order_by(_WAITING_PAGE.c.submitted_at, _WAITING_PAGE.c.submission_id)
